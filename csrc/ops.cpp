@@ -1,0 +1,32 @@
+// The schemas of slimkit's native ops, defined once for every device.
+// Each device registers its kernels in its own TORCH_LIBRARY_IMPL block
+// (csrc/cpu/*.cpp, csrc/cuda/*.cu); Python wrappers, autograd and fake
+// kernels live in slimkit/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing slimkit._C loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(slimkit, m) {
+  // Fused Hinton KD loss. Forward returns (loss, row_max_t, row_logsumexp_s, row_logsumexp_t)
+  // so that backward needs only per-row statistics, never an N x C temporary.
+  m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? labels, float temperature, float alpha, int ignore_index) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("kd_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor? labels, Tensor lse_s_t, Tensor lse_t_t, Tensor lse_s_1, float temperature, float alpha, int ignore_index) -> Tensor");
+  // Negative log-likelihood of weights under a K-component Gaussian mixture.
+  m.def("gmm_prior_forward(Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> Tensor");
+  m.def("gmm_prior_backward(Tensor grad, Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Convolution with weight * mask; the weight gradient is masked.
+  m.def("masked_conv2d_forward(Tensor input, Tensor weight, Tensor mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // output_mask selects (grad_input, grad_weight, grad_bias); unselected ones are empty.
+  m.def("masked_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor mask, int[2] stride, int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Direct sparse convolution (Park et al. 2017) with a CSR weight over
+  // out_channels x (in_channels * kh * kw); weight_shape = (out_channels, in_channels, kh, kw).
+  // Inference only (no autograd).
+  m.def("sparse_conv2d(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[4] weight_shape, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+}

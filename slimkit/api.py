@@ -1,0 +1,240 @@
+"""The plugin author's API: what a compression method declares and what it receives.
+
+A method is a :class:`Method` subclass with a ``name``, a one-line ``summary``, the
+paper it implements, typed :class:`Option` declarations and an :meth:`Method.apply`
+that takes a model and a :class:`StageContext` and returns the compressed model::
+
+    from slimkit import hookimpl
+    from slimkit.api import Method, Option
+
+    class Halve(Method):
+        name = "halve"
+        summary = "Multiply every weight by a factor (a toy)."
+        options = [Option("factor", float, 0.5, "scale", min=0.0, max=1.0)]
+
+        def apply(self, model, ctx, opts):
+            for p in model.parameters():
+                p.data.mul_(opts["factor"])
+            ctx.train(model, epochs=opts.get("epochs"))
+            return model
+
+    @hookimpl
+    def register_methods(register):
+        register(Halve())
+
+Register the module under the entry-point group ``slimkit`` in your package's
+metadata and slimkit finds it; docs/plugins.md walks through a whole package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from slimkit.errors import UserError
+
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed option of a method, set by the user as ``--set name=value``.
+
+    ``choices`` limits a value to a set; ``min``/``max`` bound numbers (inclusive).
+    ``default=None`` means "not set" (the method decides, e.g. the run's epochs).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: Sequence[Any] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        kind = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if self.min is not None and self.max is not None:
+            return f"a {kind} in [{self.min}, {self.max}]"
+        if self.min is not None:
+            return f"a {kind} >= {self.min}"
+        if self.max is not None:
+            return f"a {kind} <= {self.max}"
+        return f"a {kind}"
+
+    def parse(self, value: Any, method: str) -> Any:
+        """Convert ``value`` (text from the command line, or a TOML value) and validate it."""
+        where = f"option {method}.{self.name}={value!r}"
+        if value is None:
+            return None
+        try:
+            if self.type is bool and isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                parsed = low in ("1", "true", "yes", "on")
+            elif self.type is bool:
+                if not isinstance(value, (bool, int)):
+                    raise ValueError
+                parsed = bool(value)
+            elif self.type is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                parsed = int(value)
+            else:
+                parsed = self.type(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{where} is invalid: expected {self.allowed()}") from None
+        if self.choices is not None and parsed not in self.choices:
+            raise UserError(f"{where} is invalid: expected {self.allowed()}")
+        if self.min is not None and parsed < self.min:
+            raise UserError(f"{where} is out of range: expected {self.allowed()}")
+        if self.max is not None and parsed > self.max:
+            raise UserError(f"{where} is out of range: expected {self.allowed()}")
+        return parsed
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "type": _TYPE_NAMES.get(self.type, self.type.__name__),
+            "default": self.default,
+            "help": self.help,
+            "allowed": self.allowed(),
+        }
+
+
+class Method:
+    """Base class of a compression method. Subclass it and register an instance.
+
+    Class attributes: ``name`` (unique, used in ``--method``), ``summary`` (one line),
+    ``paper`` (citation), ``options`` (list of :class:`Option`).
+    """
+
+    name: str = ""
+    summary: str = ""
+    paper: str = ""
+    options: Sequence[Option] = ()
+
+    def check(self, model, opts: dict) -> None:
+        """Raise :class:`slimkit.errors.UserError` if this method cannot apply to ``model``.
+
+        Called for every stage before any training starts, so that a bad chain or grid
+        fails early. The default accepts every model.
+        """
+
+    def apply(self, model, ctx: "StageContext", opts: dict):
+        """Compress ``model`` and return the compressed model (it may be a new object)."""
+        raise NotImplementedError
+
+    def parse_options(self, raw: dict) -> dict:
+        """Validate user-given options against :attr:`options`; fill in defaults."""
+        known = {o.name: o for o in self.options}
+        for key in raw:
+            if key not in known:
+                allowed = ", ".join(sorted(known)) or "(none)"
+                raise UserError(f"method {self.name!r} has no option {key!r}; its options are: {allowed}")
+        return {name: (o.parse(raw[name], self.name) if name in raw else o.default) for name, o in known.items()}
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "paper": self.paper,
+            "options": [o.describe() for o in self.options],
+        }
+
+
+class TrainCallback:
+    """Hooks into the one training loop. Override what you need; all are no-ops.
+
+    Order within a step: ``on_step_begin`` -> forward/loss -> backward ->
+    ``after_backward`` (edit gradients, e.g. mask or group them) -> optimizer step ->
+    ``after_step`` (edit weights, e.g. re-apply masks).
+    """
+
+    def on_train_begin(self, model, total_steps: int) -> None: ...
+
+    def on_step_begin(self, model, step: int) -> None: ...
+
+    def after_backward(self, model, step: int) -> None: ...
+
+    def after_step(self, model, step: int) -> None: ...
+
+    def on_epoch_end(self, model, epoch: int, metrics: dict) -> None:
+        """May add keys to ``metrics`` (they go to metrics.jsonl and the plots)."""
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclass
+class StageContext:
+    """What a method's :meth:`Method.apply` receives from the engine.
+
+    Use :meth:`train` for every training a method needs (it is the one loop that
+    baselines use too), :meth:`evaluate` for accuracies, :meth:`record` to put
+    figures into this stage's entry of report.json.
+    """
+
+    stage: str
+    data: Any  # slimkit.data.DataBundle
+    device: Any  # torch.device
+    dist: DistInfo
+    out_dir: Any  # pathlib.Path
+    seed: int
+    epochs: int
+    lr: float | None
+    batch_size: int
+    optimizer: str
+    teacher: Any = None  # the chain's input model (or --teacher), eval mode, frozen
+    model_name: str = ""
+    log: Callable[[str], None] = print
+    _trainer: Any = None
+    _registry: Any = None
+    results: dict = field(default_factory=dict)
+
+    def train(self, model, *, epochs: int | None = None, lr: float | None = None, loss=None,
+              callbacks: Sequence[TrainCallback] = (), params=None, optimizer: str | None = None,
+              label: str | None = None, data=None, evaluate: bool = True) -> list[dict]:
+        """Train ``model`` in place with the engine's loop; returns the per-epoch metrics.
+
+        ``loss(model, inputs, targets) -> (loss_tensor, logits)`` replaces cross-entropy
+        (``logits`` may be None when the loss has none, e.g. feature matching).
+        ``params`` restricts the trained parameters (default: all with requires_grad).
+        ``data`` replaces the bundle (e.g. a distillation set). The best epoch by
+        validation accuracy is restored at the end when ``evaluate`` is True.
+        """
+        return self._trainer.fit(
+            model, self, epochs=self.epochs if epochs is None else epochs, lr=lr, loss=loss,
+            callbacks=callbacks, params=params, optimizer=optimizer or self.optimizer,
+            label=label or self.stage, data=data or self.data, evaluate=evaluate,
+        )
+
+    def evaluate(self, model, split: str = "test") -> float:
+        """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``split`` ('val' or 'test')."""
+        return self._trainer.evaluate(model, self.data, split)
+
+    def record(self, **values) -> None:
+        """Add figures to this stage's entry in report.json (JSON-serialisable values)."""
+        self.results.update(values)
+
+    def build_model(self, name: str, **options):
+        """Build a registered model for this run's input shape and classes (e.g. a student)."""
+        return self._registry.build_model(name, self.data.input_shape, self.data.num_classes, **options).to(self.device)
+
+    def plot_path(self, name: str):
+        """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""
+        return (self.out_dir / name) if self.dist.is_main else None

@@ -1,0 +1,360 @@
+"""The ``slimkit`` command line (Typer + rich).
+
+User mistakes end in one line on stderr and exit code 2; Ctrl-C during training
+ends with exit code 130 after the checkpoint for ``--resume`` is on disk.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimkit.errors import UserError
+
+try:  # typer >= 0.16 vendors its own click; older typer uses click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Make trained PyTorch models smaller and faster.")
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks.")
+app.add_typer(bench_app, name="bench")
+out = Console()
+
+
+def _pairs(items: List[str], flag: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r} is invalid: expected KEY=VALUE (or METHOD.KEY=VALUE)")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def _model_options(items: List[str]) -> dict:
+    opts = {}
+    for key, value in _pairs(items, "--model-opt"):
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
+
+
+def _read_recipe(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"recipe {path} does not exist")
+    try:
+        recipe = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"recipe {path} is not valid TOML: {exc}") from None
+    allowed = {"model", "data", "epochs", "baseline_epochs", "lr", "batch_size", "optimizer", "seed", "out",
+               "teacher", "stage", "model_options"}
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise UserError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    stages = recipe.get("stage", [])
+    if not isinstance(stages, list) or not all(isinstance(s, dict) and "method" in s for s in stages):
+        raise UserError(f"recipe {path}: [[stage]] tables must each have a 'method'")
+    return recipe
+
+
+@app.command()
+def compress(
+    model: Optional[str] = typer.Option(None, help="Zoo name, .slim or TorchScript file, or python:module:factory."),
+    data: Optional[str] = typer.Option(None, help="digits, mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR, synthetic."),
+    method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method to apply; repeat to chain."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Method option KEY=VALUE or METHOD.KEY=VALUE."),
+    recipe: Optional[Path] = typer.Option(None, help="TOML file with the run's settings and [[stage]] tables."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per method stage (default 10)."),
+    baseline_epochs: Optional[int] = typer.Option(None, help="Epochs to train a zoo baseline (default 20)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 64)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd or adam (default sgd)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for data split, init, shuffling (default 0)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/<model>-<methods>)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model (.slim) when a chain changed the model."),
+    weights: Optional[str] = typer.Option(None, help="State dict for a python:module:factory model."),
+    model_opt: Optional[List[str]] = typer.Option(None, "--model-opt", help="Zoo model option KEY=VALUE, e.g. width=0.5."),
+    trust_checkpoint: bool = typer.Option(False, help="Allow unpickling arbitrary objects from --weights."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in the same --out."),
+    sparse_inference: bool = typer.Option(False, help="Convert pruned convs to the sparse inference kernel."),
+    latency: bool = typer.Option(True, help="Measure latency of baseline and result."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """Compress a model: train or load a baseline, apply methods in order, write OUT/model.slim and OUT/report.json."""
+    from slimkit.pipeline import Run, RunConfig
+
+    rec = _read_recipe(recipe) if recipe else {}
+    preset = {}
+    methods = list(method or [])
+    if rec.get("stage"):
+        if methods:
+            raise UserError("give methods either with --method or in the recipe's [[stage]] tables, not both")
+        methods = [s["method"] for s in rec["stage"]]
+        preset = {s["method"]: {k: v for k, v in s.items() if k != "method"} for s in rec["stage"]}
+    methods = methods or ["prune"]
+
+    def pick(flag_value, key, default):
+        return flag_value if flag_value is not None else rec.get(key, default)
+
+    mdl = pick(model, "model", "lenet300")
+    cfg = RunConfig(
+        model=mdl, data=pick(data, "data", "digits"), methods=methods, options=preset,
+        model_options={**rec.get("model_options", {}), **_model_options(model_opt)},
+        epochs=pick(epochs, "epochs", 10), baseline_epochs=pick(baseline_epochs, "baseline_epochs", 20),
+        lr=pick(lr, "lr", None), batch_size=pick(batch_size, "batch_size", 64),
+        optimizer=pick(optimizer, "optimizer", "sgd"), seed=pick(seed, "seed", 0),
+        out=pick(out_dir, "out", f"runs/{Path(mdl).stem}-{'-'.join(methods)}"), teacher=pick(teacher, "teacher", None),
+        weights=weights, trust_checkpoint=trust_checkpoint, resume=resume, sparse_inference=sparse_inference,
+        latency=latency, quiet=quiet or as_json,
+    )
+    run = Run(cfg, option_pairs=_pairs(set_, "--set"))
+    report = run.execute()
+    if report is None:  # ranks other than 0
+        return
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    elif not quiet:
+        print_summary(report, Path(cfg.out))
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def print_summary(report: dict, out_path: Path) -> None:
+    b, f = report["baseline"], report["final"]
+    table = Table(title=f"{report['model']} on {report['dataset']['description']}")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("compressed", justify="right")
+    table.add_column("change", justify="right")
+    table.add_row("test accuracy", f"{100 * b['accuracy']:.2f} %", f"{100 * f['accuracy']:.2f} %",
+                  f"{100 * (f['accuracy'] - b['accuracy']):+.2f} pt")
+    table.add_row("parameters", f"{b['params']:,}", f"{f['params']:,}", f"{f['params'] / b['params']:.2f}x")
+    table.add_row("non-zero parameters", f"{b['nonzero_params']:,}", f"{f['nonzero_params']:,}",
+                  f"{b['nonzero_params'] / max(f['nonzero_params'], 1):.1f}x fewer")
+    table.add_row("sparsity (conv/linear weights)", f"{100 * b['sparsity']:.1f} %", f"{100 * f['sparsity']:.1f} %", "")
+    table.add_row("file size", _fmt_bytes(b["size_bytes"]), _fmt_bytes(f["size_bytes"]),
+                  f"{report['compression_ratio']:.2f}x smaller")
+    table.add_row("MACs (dense)", f"{b['macs']:,}", f"{f['macs']:,}", f"{b['macs'] / max(f['macs'], 1):.2f}x")
+    table.add_row("MACs (non-zero weights)", f"{b['nonzero_macs']:,}", f"{f['nonzero_macs']:,}",
+                  f"{b['nonzero_macs'] / max(f['nonzero_macs'], 1):.2f}x")
+    if "latency_ms" in f:
+        table.add_row("latency, batch 1 (median)", f"{b['latency_ms']:.3f} ms", f"{f['latency_ms']:.3f} ms",
+                      f"{b['latency_ms'] / f['latency_ms']:.2f}x")
+    out.print(table)
+    for s in report["stages"]:
+        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %, {s['seconds']:.1f} s")
+    out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}")
+
+
+@app.command()
+def train(
+    model: str = typer.Option("lenet300", help="Zoo model name."),
+    data: str = typer.Option("digits", help="Data set."),
+    epochs: int = typer.Option(20, help="Epochs."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    batch_size: int = typer.Option(64),
+    optimizer: str = typer.Option("sgd"),
+    seed: int = typer.Option(0),
+    model_opt: Optional[List[str]] = typer.Option(None, "--model-opt", help="Model option KEY=VALUE."),
+    out_file: Path = typer.Option(Path("baseline.slim"), "--out", help="Where to write the trained model."),
+    quiet: bool = typer.Option(False),
+):
+    """Train a zoo model from scratch and save it as a .slim file."""
+    from slimkit import distributed, storage
+    from slimkit.data import load_data
+    from slimkit.plugins import get_registry
+    from slimkit.progress import Reporter
+    from slimkit.pipeline import Run, RunConfig
+    from slimkit.train import Trainer, seed_everything
+
+    cfg = RunConfig(model=model, data=data, methods=[], baseline_epochs=epochs, lr=lr, batch_size=batch_size,
+                    optimizer=optimizer, seed=seed, quiet=quiet, model_options=_model_options(model_opt),
+                    out=str(out_file.parent))
+    run = Run(cfg)
+    registry = run.registry
+    if run.source.kind != "zoo":
+        raise UserError(f"train builds a zoo model; {model!r} is not one ({', '.join(sorted(registry.models))})")
+    seed_everything(seed)
+    net = registry.build_model(model, run.bundle.input_shape, run.bundle.num_classes, **cfg.model_options)
+    trainer = run.trainer(False)
+    trainer.fit(net, run.context("baseline", trainer, None), epochs=epochs, lr=lr, label="baseline",
+                optimizer=optimizer)
+    acc = trainer.evaluate(net, run.bundle, "test")
+    if run.dist.is_main:
+        size = run.save(out_file, net)
+        loaded = storage.load_model(out_file, registry)
+        acc = trainer.evaluate(loaded.model, run.bundle, "test")
+        out.print(f"wrote {out_file} ({size:,} bytes); test accuracy {100 * acc:.2f} % on {run.bundle.description}")
+    distributed.teardown(run.dist)
+
+
+@app.command()
+def evaluate(
+    model_file: Path = typer.Argument(..., help="A .slim file."),
+    data: Optional[str] = typer.Option(None, help="Data set (default: the one recorded in the file)."),
+    seed: int = typer.Option(0, help="Seed of the split (must match the run's)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Test accuracy of a .slim model on its data set."""
+    from slimkit import storage
+    from slimkit.data import load_data
+    from slimkit.plugins import get_registry
+    from slimkit.progress import Reporter
+    from slimkit.api import DistInfo
+    from slimkit.train import Trainer
+
+    registry = get_registry()
+    loaded = storage.load_model(model_file, registry)
+    spec = data or loaded.header.get("data", {}).get("name")
+    if not spec:
+        raise UserError(f"{model_file} records no data set; pass --data")
+    bundle = load_data(spec, registry.datasets, seed=seed)
+    trainer = Trainer(device="cpu", dist=DistInfo(), seed=seed, batch_size=512, reporter=Reporter(False))
+    acc = trainer.evaluate(loaded.model, bundle, "test")
+    result = {"model": str(model_file), "data": spec, "split": "test", "examples": bundle.size("test"), "accuracy": acc}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        out.print(f"{model_file}: test accuracy {100 * acc:.2f} % ({bundle.size('test')} examples of {bundle.description})")
+
+
+@app.command()
+def info(
+    model_file: Path = typer.Argument(..., help="A .slim file."),
+    latency: bool = typer.Option(False, "--latency", help="Measure inference latency (median of warm runs)."),
+    batch_size: int = typer.Option(1, help="Batch size for --latency."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Per-layer shapes, parameters, non-zeros, MACs and bytes of a .slim model."""
+    from slimkit.summary import describe_model, print_description
+
+    desc = describe_model(model_file, latency=latency, batch_size=batch_size)
+    if as_json:
+        print(json.dumps(desc, indent=2))
+    else:
+        print_description(desc, out)
+
+
+@app.command()
+def methods(as_json: bool = typer.Option(False, "--json")):
+    """List compression methods and their options."""
+    from slimkit.plugins import get_registry
+
+    registry = get_registry()
+    rows = [{**r.obj.describe(), "plugin": r.plugin} for r in sorted(registry.methods.values(), key=lambda r: r.name)]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        out.print(f"[bold]{r['name']}[/bold]  {r['summary']}  [dim]({r['plugin']})[/dim]")
+        if r["paper"]:
+            out.print(f"  [dim]{r['paper']}[/dim]")
+        for o in r["options"]:
+            out.print(f"  {o['name']:<18} default {o['default']!s:<10} {o['allowed']:<28} {o['help']}")
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json")):
+    """List loaded plugins and the distributions they come from."""
+    from slimkit.plugins import get_registry
+
+    registry = get_registry()
+    contributed = {}
+    for kind, table in (("method", registry.methods), ("model", registry.models), ("dataset", registry.datasets)):
+        for r in table.values():
+            contributed.setdefault(r.plugin, []).append(f"{kind}:{r.name}")
+    rows = [{"plugin": p.name, "distribution": p.distribution, "version": p.version, "error": p.error,
+             "provides": sorted(contributed.get(p.name, []))} for p in registry.plugins]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("plugin", "distribution", "version", "provides")
+    for r in rows:
+        table.add_row(r["plugin"], r["distribution"], r["version"],
+                      f"[red]failed: {r['error']}[/red]" if r["error"] else ", ".join(r["provides"]))
+    out.print(table)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json")):
+    """Torch version, threads, device and the kernel backend in use."""
+    import platform
+
+    import torch
+
+    from slimkit.ops import backend
+
+    rows = {
+        "slimkit": __import__("slimkit").__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+        "kernels": backend.backend_name(),
+    }
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for k, v in rows.items():
+            out.print(f"{k:<10} {v}")
+
+
+@bench_app.command("kernels")
+def bench_kernels(
+    op: Optional[List[str]] = typer.Option(None, "--op", help="Only these ops (kd_loss, gmm_prior, conv)."),
+    as_json: bool = typer.Option(False, "--json"),
+    quick: bool = typer.Option(False, help="Small shapes: a smoke test, not a measurement."),
+):
+    """Time the native kernels against eager PyTorch and torch.compile, side by side."""
+    from slimkit.bench import kernels_command
+
+    kernels_command(ops=op, as_json=as_json, quick=quick)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from slimkit.train import Interrupted
+
+    err = Console(stderr=True, highlight=False)
+    try:
+        app(args=argv, standalone_mode=False, prog_name="slimkit")
+    except UserError as exc:
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except Interrupted as exc:
+        err.print(f"{exc}", markup=False, soft_wrap=True)
+        sys.exit(130)
+    except click_exceptions.UsageError as exc:
+        if type(exc).__name__.startswith("NoArgsIsHelp"):  # bare `slimkit`: show help
+            print(exc.format_message())
+            sys.exit(0)
+        hint = f" (see `slimkit {exc.ctx.command.name} --help`)" if exc.ctx and exc.ctx.command.name != "slimkit" else ""
+        err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click_exceptions.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    except click_exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click_exceptions.ClickException as exc:
+        err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Numbers for reports: parameters, non-zeros, sparsity, MACs and latency.
+
+Latency is the median of timed forward passes after warm-up, with every model
+under comparison timed in the same run, interleaved, so that load on the machine
+hits them alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from slimkit.models import count_macs, count_nonzero, count_params
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    mask = getattr(module, "weight_mask", None)
+    return module.weight * mask if isinstance(mask, torch.Tensor) else module.weight
+
+
+def prunable_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros among the weights of conv and linear layers."""
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = effective_weight(m)
+            zeros += int((w == 0).sum())
+            total += w.numel()
+        elif hasattr(m, "sparse_stats"):  # inference-only sparse layers report their own counts
+            z, t = m.sparse_stats()
+            zeros += z
+            total += t
+    return zeros / total if total else 0.0
+
+
+def model_stats(model: nn.Module, input_shape) -> dict:
+    macs = count_macs(model, tuple(input_shape))
+    return {
+        "params": count_params(model),
+        "nonzero_params": count_nonzero(model),
+        "sparsity": prunable_sparsity(model),
+        "macs": macs["dense"],
+        "nonzero_macs": macs["nonzero"],
+    }
+
+
+@torch.no_grad()
+def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: int = 1, warmup: int = 10,
+                    repeats: int = 50, device="cpu") -> dict[str, float]:
+    """Median milliseconds per forward pass of each model, timed interleaved in one run."""
+    x = torch.randn(batch_size, *input_shape, device=device)
+    for m in models.values():
+        m.eval()
+        for _ in range(warmup):
+            m(x)
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, m in models.items():
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            m(x)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}

@@ -1,0 +1,158 @@
+"""Describe a module tree as JSON and rebuild it, without pickle.
+
+A ``.slim`` file stores the architecture as a tree of ``{"type", "args", "children"}``
+nodes. ``type`` names a class from an allowlist (torch built-ins below plus classes
+registered through the ``register_modules`` hook); ``args`` are the constructor's
+JSON-serialisable arguments; ``children`` are rebuilt recursively and replace what
+the constructor made, so a method may swap any submodule (a block, a factorized
+layer) and the file still describes the model exactly.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch.nn as nn
+
+from slimkit.errors import UserError
+
+
+def serializable(cls):
+    """Class decorator: record the constructor arguments so the module can be saved.
+
+    Arguments must be JSON-serialisable (numbers, strings, bools, lists, dicts, None).
+    """
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        extra = arguments.pop("kwargs", None) if "kwargs" in signature.parameters else None
+        init(self, *args, **kwargs)
+        if extra:
+            arguments.update(extra)
+        # With nested serializable classes the most derived constructor finishes last,
+        # so its arguments are the ones that stay.
+        object.__setattr__(self, "_spec_args", _jsonable(arguments))
+
+    cls.__init__ = __init__
+    cls._slimkit_serializable = True
+    return cls
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"constructor argument {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _conv_args(m):
+    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+                stride=list(m.stride), padding=list(m.padding) if not isinstance(m.padding, str) else m.padding,
+                dilation=list(m.dilation), groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+
+
+def _bn_args(m):
+    return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                track_running_stats=m.track_running_stats)
+
+
+def _pool_args(m):
+    return dict(kernel_size=_jsonable(m.kernel_size), stride=_jsonable(m.stride), padding=_jsonable(m.padding),
+                **({"dilation": _jsonable(m.dilation), "ceil_mode": m.ceil_mode} if isinstance(m, nn.MaxPool2d) else
+                   {"ceil_mode": m.ceil_mode, "count_include_pad": m.count_include_pad}))
+
+
+# torch built-ins that may appear in a saved model, with how to read their arguments.
+BUILTINS = {
+    "Conv2d": (nn.Conv2d, _conv_args),
+    "Linear": (nn.Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)),
+    "BatchNorm1d": (nn.BatchNorm1d, _bn_args),
+    "BatchNorm2d": (nn.BatchNorm2d, _bn_args),
+    "ReLU": (nn.ReLU, lambda m: dict(inplace=m.inplace)),
+    "ReLU6": (nn.ReLU6, lambda m: dict(inplace=m.inplace)),
+    "Tanh": (nn.Tanh, lambda m: {}),
+    "Sigmoid": (nn.Sigmoid, lambda m: {}),
+    "Dropout": (nn.Dropout, lambda m: dict(p=m.p, inplace=m.inplace)),
+    "MaxPool2d": (nn.MaxPool2d, _pool_args),
+    "AvgPool2d": (nn.AvgPool2d, _pool_args),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, lambda m: dict(output_size=_jsonable(m.output_size))),
+    "Flatten": (nn.Flatten, lambda m: dict(start_dim=m.start_dim, end_dim=m.end_dim)),
+    "Identity": (nn.Identity, lambda m: {}),
+    "Sequential": (nn.Sequential, lambda m: {}),
+    "ModuleList": (nn.ModuleList, lambda m: {}),
+}
+
+
+class ModuleRegistry:
+    """The allowlist of module classes a ``.slim`` file may name."""
+
+    def __init__(self):
+        self._classes: dict[str, type] = {}
+
+    def register(self, cls) -> None:
+        if not getattr(cls, "_slimkit_serializable", False):
+            raise TypeError(f"{cls.__qualname__} must be decorated with @slimkit.nn.serializable to be registered")
+        key = type_name(cls)
+        if key in self._classes and self._classes[key] is not cls:
+            raise ValueError(f"module type {key!r} is registered twice")
+        self._classes[key] = cls
+
+    def names(self):
+        return sorted(set(BUILTINS) | set(self._classes))
+
+    def spec(self, module: nn.Module) -> dict:
+        cls = type(module)
+        key = type_name(cls)
+        if getattr(cls, "_slimkit_serializable", False) and key in self._classes:
+            args = module._spec_args
+        elif key in BUILTINS and BUILTINS[key][0] is cls:
+            args = BUILTINS[key][1](module)
+        else:
+            raise UserError(f"cannot save a model containing {cls.__module__}.{cls.__qualname__}: "
+                            "register it with the register_modules hook and @slimkit.nn.serializable")
+        children = {name: self.spec(child) for name, child in module.named_children()}
+        return {"type": key, "args": args, "children": children}
+
+    def build(self, spec: dict, path: str = "model") -> nn.Module:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            raise UserError(f"corrupt architecture in model file at {path}: expected an object with a 'type'")
+        key = spec["type"]
+        if key in self._classes:
+            cls = self._classes[key]
+        elif key in BUILTINS:
+            cls = BUILTINS[key][0]
+        else:
+            raise UserError(f"model file names unknown module type {key!r} at {path}; "
+                            "is the plugin that provides it installed? (`slimkit plugins`)")
+        args = spec.get("args", {})
+        if not isinstance(args, dict):
+            raise UserError(f"corrupt architecture in model file at {path}: 'args' must be an object")
+        try:
+            module = cls(**args)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"cannot rebuild {key} at {path} from the model file: {exc}") from None
+        children = spec.get("children", {})
+        if not isinstance(children, dict):
+            raise UserError(f"corrupt architecture in model file at {path}: 'children' must be an object")
+        for name in list(module._modules):
+            if name not in children:
+                del module._modules[name]
+        for name, child in children.items():
+            module._modules[name] = self.build(child, f"{path}.{name}")
+        return module
+
+
+def type_name(cls) -> str:
+    """The name a file uses for a class: the bare name for torch built-ins, else module.QualName."""
+    if cls.__module__.startswith("torch.nn"):
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,226 @@
+"""The one training loop. Baselines and every method train through :class:`Trainer`.
+
+Per epoch: a seeded shuffle of the train split (sharded across ranks under torchrun),
+SGD (momentum 0.9, weight decay 5e-4) or Adam, a cosine learning-rate schedule over all
+steps, evaluation on the validation split, one line in metrics.jsonl, and a checkpoint
+that ``--resume`` continues from. At the end the best epoch by validation accuracy is
+restored (callbacks can mark an epoch ineligible, e.g. while a pruning schedule is
+still raising sparsity). Reported accuracies come from the test split.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit import distributed
+from slimkit.api import DistInfo, TrainCallback
+from slimkit.errors import TrainingDiverged, UserError
+from slimkit.nn import zero_pruned
+
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+FINETUNE_LR_FACTOR = 0.2  # methods fine-tune from a fifth of the baseline's rate unless told otherwise
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; a checkpoint for ``--resume`` is on disk."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cross_entropy_loss(model, inputs, targets):
+    logits = model(inputs)
+    return F.cross_entropy(logits, targets), logits
+
+
+class Trainer:
+    def __init__(self, *, device, dist: DistInfo, seed: int, batch_size: int, reporter, registry=None,
+                 checkpoint_dir: Path | None = None, metrics_path: Path | None = None, resume: bool = False,
+                 base_lr: float | None = None, registry_emit=None):
+        self.device = device
+        self.dist = dist
+        self.seed = seed
+        self.batch_size = batch_size
+        self.reporter = reporter
+        self.registry = registry
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.resume = resume
+        self.base_lr = base_lr
+        self._calls: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data, split: str = "test", batch_size: int = 512) -> float:
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        for x, y in data.batches(split, batch_size, shuffle=False, augment=False):
+            x, y = x.to(self.device), y.to(self.device)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += int(y.numel())
+        model.train(was_training)
+        if total == 0:
+            raise UserError(f"the {split} split of {data.name} is empty")
+        return correct / total
+
+    # ------------------------------------------------------------------ training
+    def _optimizer(self, name: str, params, lr: float):
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        raise UserError(f"unknown optimizer {name!r}; expected sgd or adam")
+
+    def _emit(self, hook, **kwargs):
+        if self.registry is not None and self.dist.is_main:
+            self.registry.emit(hook, **kwargs)
+
+    def fit(self, model: nn.Module, ctx, *, epochs: int, lr: float | None, loss=None,
+            callbacks=(), params=None, optimizer: str = "sgd", label: str = "train", data=None,
+            evaluate: bool = True) -> list[dict]:
+        data = data or ctx.data
+        callbacks = list(callbacks)
+        call = self._calls.get(label, 0)
+        self._calls[label] = call + 1
+        key = f"{label}-{call}"
+        if lr is None:
+            base = self.base_lr if self.base_lr is not None else DEFAULT_LR[optimizer]
+            lr = base if label == "baseline" else base * FINETUNE_LR_FACTOR
+        epochs = int(epochs)
+        if epochs < 0:
+            raise UserError(f"epochs must be >= 0, got {epochs}")
+        model.to(self.device)
+        trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        if not trainable and epochs > 0:
+            raise UserError(f"stage {label}: nothing to train (no parameter requires a gradient)")
+        per_rank_batch = max(1, self.batch_size // self.dist.world_size)
+        steps_per_epoch = math.ceil(data.size("train") / (per_rank_batch * self.dist.world_size))
+        total_steps = max(1, epochs * steps_per_epoch)
+        opt = self._optimizer(optimizer, trainable, lr) if trainable else None
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) if opt else None
+
+        history: list[dict] = []
+        start_epoch, step = 0, 0
+        best_state, best_acc = None, -1.0
+        ckpt = self.checkpoint_dir / f"{key}.pt" if self.checkpoint_dir else None
+        if self.resume and ckpt is not None and ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            if opt is not None and state.get("optimizer"):
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+            start_epoch, step = state["epoch"], state["step"]
+            history = json.loads(state["history"])
+            best_acc = state["best_acc"]
+            best_state = state.get("best_state") or None
+            torch.set_rng_state(state["rng"])
+            if start_epoch >= epochs:
+                self.reporter.log(f"[dim]{label}: finished earlier, restored from {ckpt.name}[/dim]")
+                if best_state is not None and evaluate:
+                    model.load_state_dict(best_state)
+                return history
+            self.reporter.log(f"[dim]{label}: resuming after epoch {start_epoch} of {epochs}[/dim]")
+
+        ddp = None
+        forward_model = model
+        if self.dist.enabled and trainable:
+            ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=loss is not None)
+            forward_model = ddp
+        loss_fn = loss or cross_entropy_loss
+
+        for cb in callbacks:
+            cb.on_train_begin(model, total_steps)
+
+        def save_checkpoint(epoch_done: int):
+            if ckpt is None or not self.dist.is_main:
+                return
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict() if opt else None,
+                        "scheduler": sched.state_dict() if sched else None, "epoch": epoch_done, "step": step,
+                        "history": json.dumps(history), "best_acc": best_acc, "best_state": best_state or {},
+                        "rng": torch.get_rng_state()}, tmp)
+            tmp.replace(ckpt)
+
+        try:
+            if start_epoch == 0:
+                save_checkpoint(0)
+            with self.reporter.bar(label, total=(epochs - start_epoch) * steps_per_epoch) as bar:
+                for epoch in range(start_epoch, epochs):
+                    model.train()
+                    t0 = time.perf_counter()
+                    loss_sum = correct = seen = 0.0
+                    for x, y in data.batches("train", per_rank_batch, shuffle=True, epoch=epoch, seed=self.seed,
+                                             rank=self.dist.rank, world_size=self.dist.world_size):
+                        x, y = x.to(self.device), y.to(self.device)
+                        for cb in callbacks:
+                            cb.on_step_begin(model, step)
+                        value, logits = loss_fn(forward_model, x, y)
+                        if not torch.isfinite(value):
+                            raise TrainingDiverged(
+                                f"stage {label}: loss became {float(value)} at epoch {epoch + 1}, step {step}; "
+                                f"the last good checkpoint is kept in {ckpt or 'memory'}; try a lower --lr")
+                        opt.zero_grad(set_to_none=True)
+                        value.backward()
+                        for cb in callbacks:
+                            cb.after_backward(model, step)
+                        opt.step()
+                        sched.step()
+                        zero_pruned(model)
+                        for cb in callbacks:
+                            cb.after_step(model, step)
+                        step += 1
+                        n = y.numel()
+                        value = value.detach()
+                        loss_sum += float(value) * n
+                        seen += n
+                        if logits is not None:
+                            correct += float((logits.argmax(1) == y).sum())
+                        bar.advance(1, status=f"epoch {epoch + 1}/{epochs} loss {float(value):.4f}")
+                    loss_sum, correct, seen = distributed.all_reduce_sum(self.dist, [loss_sum, correct, seen])
+                    metrics = {"stage": label, "epoch": epoch + 1, "step": step,
+                               "train_loss": loss_sum / max(seen, 1),
+                               "train_accuracy": correct / max(seen, 1) if correct else None,
+                               "lr": sched.get_last_lr()[0] if sched else 0.0}
+                    if evaluate:
+                        metrics["val_accuracy"] = self.evaluate(model, data, "val")
+                    metrics["seconds"] = time.perf_counter() - t0
+                    for cb in callbacks:
+                        cb.on_epoch_end(model, epoch + 1, metrics)
+                    history.append(metrics)
+                    eligible = metrics.get("checkpoint_ok", True)
+                    if evaluate and eligible and metrics["val_accuracy"] > best_acc:
+                        best_acc = metrics["val_accuracy"]
+                        best_state = copy.deepcopy(model.state_dict())
+                    self._write_metrics(metrics)
+                    self._emit("epoch_finished", stage=label, epoch=epoch + 1, metrics=metrics)
+                    val = f" val {metrics['val_accuracy']:.4f}" if evaluate else ""
+                    bar.advance(0, status=f"epoch {epoch + 1}/{epochs} loss {metrics['train_loss']:.4f}{val}")
+                    save_checkpoint(epoch + 1)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted during {label}; checkpoint in {ckpt.parent if ckpt else '(none)'}; "
+                              "run the same command with --resume to continue") from None
+        if evaluate and best_state is not None:
+            model.load_state_dict(best_state)
+        return history
+
+    def _write_metrics(self, metrics: dict) -> None:
+        if self.metrics_path is None or not self.dist.is_main:
+            return
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")

@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """One baseline cache for the whole session, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("slimkit-cache")
+    old = os.environ.get("SLIMKIT_CACHE")
+    os.environ["SLIMKIT_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("SLIMKIT_CACHE", None)
+    else:
+        os.environ["SLIMKIT_CACHE"] = old
+
+
+@pytest.fixture
+def fresh_registry():
+    """Reload plugins after the test (tests may register extra plugins)."""
+    from slimkit.plugins import set_registry
+
+    set_registry(None)
+    yield
+    set_registry(None)
+
+
+def run_slimkit(*args, env=None, cwd=None, timeout=600):
+    """Run the real console entry point in a subprocess; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "slimkit", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+def cli(*args):
+    """Run the CLI in-process; returns the exit code (0 when it returned normally)."""
+    from slimkit.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code
+    return 0
