@@ -151,6 +151,13 @@ class TrainCallback:
     Order within a step: ``on_step_begin`` -> forward/loss -> backward ->
     ``after_backward`` (edit gradients, e.g. mask or group them) -> optimizer step ->
     ``after_step`` (edit weights, e.g. re-apply masks).
+
+    ``step`` is the global optimizer step of this ``ctx.train`` call, counted from 0;
+    after ``--resume`` it continues where the interrupted run stopped, so a schedule
+    that is a function of ``step`` (and of state kept in the model's buffers) resumes
+    exactly. In ``on_epoch_end``, setting ``metrics["checkpoint_ok"] = False`` keeps that
+    epoch from being restored as the best one at the end (e.g. while a pruning schedule
+    is still raising sparsity).
     """
 
     def on_train_begin(self, model, total_steps: int) -> None: ...
@@ -187,6 +194,12 @@ class StageContext:
     Use :meth:`train` for every training a method needs (it is the one loop that
     baselines use too), :meth:`evaluate` for accuracies, :meth:`record` to put
     figures into this stage's entry of report.json.
+
+    ``data`` is a :class:`slimkit.data.DataBundle`: ``input_shape`` (one example, no
+    batch dimension), ``num_classes``, ``size(split)``, ``batches(split, batch_size,
+    ...)``, ``tensors(split)``. Counting helpers for reports are public in
+    :mod:`slimkit.models` (``count_params``, ``count_nonzero``, ``count_macs``). When
+    ``dist.enabled``, ``torch.distributed`` is initialised before ``apply`` runs.
     """
 
     stage: str

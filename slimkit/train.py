@@ -128,6 +128,7 @@ class Trainer:
             best_acc = state["best_acc"]
             best_state = state.get("best_state") or None
             torch.set_rng_state(state["rng"])
+            self._forget_metrics_after(label, call, start_epoch)
             if start_epoch >= epochs:
                 self.reporter.log(f"[dim]{label}: finished earlier, restored from {ckpt.name}[/dim]")
                 if best_state is not None and evaluate:
@@ -192,7 +193,7 @@ class Trainer:
                             correct += float((logits.argmax(1) == y).sum())
                         bar.advance(1, status=f"epoch {epoch + 1}/{epochs} loss {float(value):.4f}")
                     loss_sum, correct, seen = distributed.all_reduce_sum(self.dist, [loss_sum, correct, seen])
-                    metrics = {"stage": label, "epoch": epoch + 1, "step": step,
+                    metrics = {"stage": label, "call": call, "epoch": epoch + 1, "step": step,
                                "train_loss": loss_sum / max(seen, 1),
                                "train_accuracy": correct / max(seen, 1) if correct else None,
                                "lr": sched.get_last_lr()[0] if sched else 0.0}
@@ -218,9 +219,23 @@ class Trainer:
             model.load_state_dict(best_state)
         return history
 
+    def _forget_metrics_after(self, label: str, call: int, epoch: int) -> None:
+        """On resume, drop metrics lines of epochs after the checkpoint: they run again."""
+        if self.metrics_path is None or not self.dist.is_main or not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if not _is_after(json.loads(line), label, call, epoch)]
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_path)
+
     def _write_metrics(self, metrics: dict) -> None:
         if self.metrics_path is None or not self.dist.is_main:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
+
+
+def _is_after(row: dict, label: str, call: int, epoch: int) -> bool:
+    return row.get("stage") == label and row.get("call", 0) == call and row.get("epoch", 0) > epoch

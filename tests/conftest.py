@@ -48,3 +48,15 @@ def cli(*args):
     except SystemExit as exc:
         return exc.code
     return 0
+
+
+def make_plugin_site(site, dist_name: str, module_name: str, source: str, entry_name: str | None = None):
+    """Lay out a plugin distribution as pip would (a module plus a .dist-info with an entry
+    point in group ``slimkit``) under ``site``; put ``site`` on PYTHONPATH to use it."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module_name}.py").write_text(source)
+    info = site / f"{dist_name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[slimkit]\n{entry_name or dist_name} = {module_name}\n")
+    return site
