@@ -26,7 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="Make trained PyTorch models smaller and faster.")
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks.")
 app.add_typer(bench_app, name="bench")
-out = Console()
+# Tables stay readable when stdout is a pipe or a file (rich would assume 80 columns).
+out = Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _pairs(items: List[str], flag: str) -> list[tuple[str, str]]:
@@ -249,6 +250,29 @@ def info(
         print(json.dumps(desc, indent=2))
     else:
         print_description(desc, out)
+
+
+@app.command()
+def export(
+    model_file: Path = typer.Argument(..., help="A .slim file."),
+    fmt: str = typer.Option(..., "--format", help="onnx or torchscript."),
+    out_file: Path = typer.Option(..., "--out", help="File to write (atomically, after checking it)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Write the decoded dense model as TorchScript or ONNX, checked against the model before it is kept."""
+    from slimkit.export import export_file
+
+    result = export_file(model_file, fmt, out_file, opset=opset).as_dict()
+    if as_json:
+        print(json.dumps(result))
+        return
+    check = (f"max |diff| {result['max_abs_diff']:.2e} via {result['verified_with']}"
+             if result["max_abs_diff"] is not None else f"checked with {result['verified_with']}")
+    out.print(f"wrote {out_file} ({result['bytes']:,} bytes, {fmt}, input [B, "
+              f"{', '.join(map(str, result['input_shape']))}]); {check}", markup=False)
+    for note in result["notes"]:
+        out.print(f"note: {note}", markup=False)
 
 
 @app.command()

@@ -16,8 +16,9 @@ from slimkit.models import count_macs
 from slimkit.nn import to_plain
 from slimkit.plugins import get_registry
 
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4, "uint8": 1,
-             "int8": 1, "bool": 1, "int16": 2}
+# Bytes per element, by the dtype names safetensors uses.
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "U16": 2, "U32": 4, "U64": 8}
 
 
 def stored_bytes(path: Path, header: dict) -> dict[str, int]:
@@ -28,7 +29,7 @@ def stored_bytes(path: Path, header: dict) -> dict[str, int]:
             total = 0
             for part in entry.get("parts", []):
                 sl = f.get_slice(f"{key}::{part}")
-                total += math.prod(sl.get_shape()) * _ITEMSIZE.get(sl.get_dtype().lower(), 4)
+                total += math.prod(sl.get_shape()) * _ITEMSIZE[sl.get_dtype().upper()]
             sizes[key] = total
     return sizes
 
