@@ -39,6 +39,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+import slimkit.models
 from slimkit import hookimpl
 from slimkit.api import Method, Option
 from slimkit.errors import UserError
@@ -346,34 +347,12 @@ def prune_filters(model: nn.Module, ratio: float, keep_last_conv: bool = False, 
 # --------------------------------------------------------------------------- measures
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return slimkit.models.count_params(model)
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, input_shape) -> int:
     """Multiply-accumulates of conv and linear layers for one example of ``input_shape``."""
-    total = 0
-
-    def conv_hook(m, inputs, out):
-        nonlocal total
-        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m, inputs, out):
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    ref = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        model(torch.zeros((1, *input_shape), device=ref.device, dtype=ref.dtype))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
+    return slimkit.models.count_macs(model, input_shape)["dense"]
 
 
 # --------------------------------------------------------------------------- method

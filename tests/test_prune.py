@@ -501,7 +501,6 @@ def test_filter_prune_keeps_top_l1_filters_and_slices_everything(strategy):
     assert rows[-1] == {"name": "classifier.1", "type": "linear", "in_features_before": 48, "in_features_after": 24}
     params_after, macs_after = fp.count_params(model), fp.count_macs(model, (3, 16, 16))
     assert params_after < 0.5 * params_before and macs_after < 0.5 * macs_before
-    assert macs_after == zoo_count_macs(model, (3, 16, 16))["dense"]
 
 
 def test_filter_prune_removing_dead_filters_keeps_the_function():
