@@ -54,14 +54,15 @@ class Option:
     def allowed(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(str(c) for c in self.choices)
-        kind = _TYPE_NAMES.get(self.type, self.type.__name__)
+        name = _TYPE_NAMES.get(self.type, self.type.__name__)
+        kind = f"an {name}" if name[0] in "aeiou" else f"a {name}"
         if self.min is not None and self.max is not None:
-            return f"a {kind} in [{self.min}, {self.max}]"
+            return f"{kind} in [{self.min}, {self.max}]"
         if self.min is not None:
-            return f"a {kind} >= {self.min}"
+            return f"{kind} >= {self.min}"
         if self.max is not None:
-            return f"a {kind} <= {self.max}"
-        return f"a {kind}"
+            return f"{kind} <= {self.max}"
+        return kind
 
     def parse(self, value: Any, method: str) -> Any:
         """Convert ``value`` (text from the command line, or a TOML value) and validate it."""

@@ -164,6 +164,24 @@ def print_summary(report: dict, out_path: Path) -> None:
 
 
 @app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="TOML grid: models, data, seeds, a method chain, [options] lists (docs/sweep.md)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default: the grid's `out`)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the grid and list its cells; train nothing."),
+    verbose: bool = typer.Option(False, help="Show every cell's progress output."),
+):
+    """Run every combination of a grid as compress runs (resumable); write OUT/results.csv, results.md, plots."""
+    from slimkit.sweep import run_sweep
+
+    result = run_sweep(grid, out=out_dir, dry_run=dry_run, verbose=verbose, log=out.print)
+    if result["failed"]:
+        Console(stderr=True, highlight=False).print(
+            f"error: {len(result['failed'])} cell(s) failed: {', '.join(result['failed'])} "
+            f"(see {result['out']}/results.csv)", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def train(
     model: str = typer.Option("lenet300", help="Zoo model name."),
     data: str = typer.Option("digits", help="Data set."),
@@ -286,11 +304,16 @@ def methods(as_json: bool = typer.Option(False, "--json")):
         print(json.dumps(rows, indent=2, default=str))
         return
     for r in rows:
-        out.print(f"[bold]{r['name']}[/bold]  {r['summary']}  [dim]({r['plugin']})[/dim]")
+        out.print(f"[bold cyan]{r['name']}[/bold cyan]  {r['summary']}  [dim]({r['plugin']})[/dim]")
         if r["paper"]:
             out.print(f"  [dim]{r['paper']}[/dim]")
+        table = Table(box=None, show_header=True, header_style="dim", padding=(0, 2), pad_edge=True)
+        for col in ("option", "default", "allowed", "help"):
+            table.add_column(col, overflow="fold", ratio=3 if col == "help" else None)
         for o in r["options"]:
-            out.print(f"  {o['name']:<18} default {o['default']!s:<10} {o['allowed']:<28} {o['help']}")
+            table.add_row(o["name"], str(o["default"]), o["allowed"], o["help"])
+        out.print(table)
+        out.print()
 
 
 @app.command()
