@@ -175,10 +175,8 @@ def sweep(
 
     result = run_sweep(grid, out=out_dir, dry_run=dry_run, verbose=verbose, log=out.print)
     if result["failed"]:
-        Console(stderr=True, highlight=False).print(
-            f"error: {len(result['failed'])} cell(s) failed: {', '.join(result['failed'])} "
-            f"(see {result['out']}/results.csv)", markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise UserError(f"{len(result['failed'])} cell(s) failed: {', '.join(result['failed'])} (the other cells "
+                        f"finished; see {result['out']}/results.csv; rerun to retry only the failed ones)")
 
 
 @app.command()
@@ -379,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
 
     err = Console(stderr=True, highlight=False)
     try:
-        app(args=argv, standalone_mode=False, prog_name="slimkit")
+        code = app(args=argv, standalone_mode=False, prog_name="slimkit")
     except UserError as exc:
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
         sys.exit(2)
@@ -393,14 +391,16 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see `slimkit {exc.ctx.command.name} --help`)" if exc.ctx and exc.ctx.command.name != "slimkit" else ""
         err.print(f"error: {exc.format_message()}{hint}", markup=False, soft_wrap=True)
         sys.exit(2)
-    except click_exceptions.Abort:
-        err.print("aborted", markup=False)
-        sys.exit(130)
-    except click_exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except click_exceptions.ClickException as exc:
         err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
         sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

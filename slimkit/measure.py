@@ -66,3 +66,14 @@ def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: in
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def epochs_to_fraction(accuracies, fraction: float = 0.95) -> int | None:
+    """Rate of convergence as in Deep Net Triage (Nowak & Corso 2018): the first epoch
+    (1-based) whose accuracy reaches ``fraction`` of the best one (the epoch the training
+    loop restores as final). ``None`` entries are skipped; None for an empty history."""
+    values = [a for a in accuracies if a is not None]
+    if not values:
+        return None
+    target = fraction * max(values)
+    return next(i for i, a in enumerate(accuracies, start=1) if a is not None and a >= target)

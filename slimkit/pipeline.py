@@ -208,7 +208,10 @@ class Run:
                             f"{tuple(self.bundle.input_shape)} with {self.bundle.num_classes} classes")
 
     # ------------------------------------------------------------------ the run
-    def execute(self) -> dict:
+    def execute(self, *, teardown: bool = True) -> dict:
+        """Run the chain; returns the report (None on ranks other than 0). ``teardown=False`` keeps
+        the torch.distributed process group for further runs in this process (``slimkit sweep``:
+        re-initialising it under torchrun after a teardown hangs)."""
         cfg = self.cfg
         if self.dist.is_main:
             if not cfg.resume and self.work.exists():
@@ -274,7 +277,8 @@ class Run:
                                   sparse_layers, time.perf_counter() - started)
             self._publish()
         distributed.barrier(self.dist)
-        distributed.teardown(self.dist)
+        if teardown:
+            distributed.teardown(self.dist)
         return report
 
     def _evaluate(self, trainer, model) -> float:
