@@ -29,7 +29,8 @@ def extension_modules():
     define = [("Py_LIMITED_API", "0x03090000")]
     use_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if use_cuda and os.environ.get("SLIMKIT_NO_CUDA") != "1":
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        # *.cu: plain CUDA kernels; *.cpp: their TORCH_LIBRARY_IMPL glue (needs torch's CUDA headers).
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17"]
         ext_cls = cpp_extension.CUDAExtension
         define.append(("SLIMKIT_WITH_CUDA", "1"))

@@ -14,13 +14,20 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(slimkit, m) {
-  // Fused Hinton KD loss. Forward returns (loss, row_max_t, row_logsumexp_s, row_logsumexp_t)
-  // so that backward needs only per-row statistics, never an N x C temporary.
-  m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? labels, float temperature, float alpha, int ignore_index) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("kd_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor? labels, Tensor lse_s_t, Tensor lse_t_t, Tensor lse_s_1, float temperature, float alpha, int ignore_index) -> Tensor");
-  // Negative log-likelihood of weights under a K-component Gaussian mixture.
+  // Fused Hinton KD loss. Forward returns (loss, stats): stats is [N, 5] per-row
+  // statistics (max_s, max_t, log-sum-exp of the student at T and of the teacher at
+  // T around those maxima, and of the student at T=1), all the backward needs, so
+  // no N x C temporary is kept between the two.
+  m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? labels, float temperature, float alpha, int ignore_index) -> (Tensor, Tensor)");
+  m.def("kd_loss_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor? labels, Tensor stats, float temperature, float alpha, int ignore_index) -> Tensor");
+  // Negative log-likelihood of weights under a K-component Gaussian mixture (K <= 64);
+  // the backward recomputes the densities and returns the gradients of all four inputs.
   m.def("gmm_prior_forward(Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> Tensor");
   m.def("gmm_prior_backward(Tensor grad, Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Loss and d loss / d (weights, means, log_vars, mix_logits) in one pass (what training needs).
+  m.def("gmm_prior_value_and_grad(Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Instruction set of the kd_loss / gmm_prior CPU kernels in this process ("avx512", "avx2", "base").
+  m.def("kd_gmm_cpu_isa() -> str");
   // Convolution with weight * mask; the weight gradient is masked.
   m.def("masked_conv2d_forward(Tensor input, Tensor weight, Tensor mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   // output_mask selects (grad_input, grad_weight, grad_bias); unselected ones are empty.
@@ -29,4 +36,6 @@ TORCH_LIBRARY(slimkit, m) {
   // out_channels x (in_channels * kh * kw); weight_shape = (out_channels, in_channels, kh, kw).
   // Inference only (no autograd).
   m.def("sparse_conv2d(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[4] weight_shape, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // Instruction set of the float32 sparse_conv2d CPU kernel in this process ("avx512", "avx2", "base").
+  m.def("sparse_conv2d_cpu_isa() -> str");
 }

@@ -28,10 +28,10 @@ def prunable_sparsity(model: nn.Module) -> float:
             w = effective_weight(m)
             zeros += int((w == 0).sum())
             total += w.numel()
-        elif hasattr(m, "sparse_stats"):  # inference-only sparse layers report their own counts
-            z, t = m.sparse_stats()
-            zeros += z
-            total += t
+        elif callable(getattr(m, "weight_counts", None)):  # weight held in buffers (sparse conv)
+            n, nonzero = m.weight_counts()
+            zeros += n - nonzero
+            total += n
     return zeros / total if total else 0.0
 
 

@@ -266,8 +266,8 @@ class Run:
         sparse_layers = None
         if cfg.sparse_inference:
             from slimkit.ops.conv import to_sparse_inference
-            sparse_layers = [{"layer": n, "sparse": bool(s), "sparsity": float(sp)}
-                             for n, s, sp in to_sparse_inference(model)]
+            sparse_layers = [{"layer": r.name, "sparse": bool(r.uses_sparse), "sparsity": float(r.sparsity),
+                              "reason": r.reason} for r in to_sparse_inference(model)]
         final_path = self.work / "model.slim"
         self.save(final_path, model)
         distributed.barrier(self.dist)

@@ -62,8 +62,10 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
                "nonzero_macs": macs["layers"].get(name, {}).get("nonzero", 0),
                "bytes": sum(per_key.get(prefix + k, 0) for k, _ in own),
                "codec": ",".join(c for c in codecs if c != "from_mask")}
-        if hasattr(module, "uses_sparse"):
-            row["runs_sparse"] = bool(module.uses_sparse)
+        sparse_weight = getattr(module, "sparse_weight", None)
+        if sparse_weight is not None:  # --sparse-inference layer: which kernel it runs, and why
+            row["runs_sparse"] = bool(sparse_weight.uses_sparse)
+            row["kernel_reason"] = sparse_weight.reason
         layers.append(row)
     stats = model_stats(model, shape)
     with tempfile.TemporaryDirectory() as tmp:  # the same model stored dense fp32: the reference size

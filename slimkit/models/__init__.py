@@ -15,9 +15,22 @@ __all__ = ["count_params", "count_nonzero", "count_macs"]
 _MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def _buffer_weights(model: nn.Module):
+    """Modules that keep their weight (and maybe bias) in buffers, e.g. a CSR sparse conv:
+    they report the dense weight they stand for through ``weight_counts() -> (n, nonzero)``."""
+    for m in model.modules():
+        if callable(getattr(m, "weight_counts", None)):
+            bias = m._buffers.get("bias")
+            yield m, m.weight_counts(), bias if isinstance(bias, torch.Tensor) else None
+
+
 def count_params(model: nn.Module) -> int:
-    """Number of parameter elements (shared parameters once; buffers such as masks excluded)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameter elements (shared parameters once; buffers such as masks excluded;
+    a weight held in buffers by a ``weight_counts()`` module counts as its dense size)."""
+    total = sum(p.numel() for p in model.parameters())
+    for _, (n, _nz), bias in _buffer_weights(model):
+        total += n + (bias.numel() if bias is not None else 0)
+    return total
 
 
 def _mask_for(module: nn.Module, name: str):
@@ -41,6 +54,8 @@ def count_nonzero(model: nn.Module) -> int:
             seen.add(id(p))
             mask = _mask_for(module, name)
             total += int(torch.count_nonzero(p * mask if mask is not None and mask.shape == p.shape else p))
+    for _, (_n, nz), bias in _buffer_weights(model):
+        total += nz + (int(torch.count_nonzero(bias)) if bias is not None else 0)
     return total
 
 
@@ -71,17 +86,23 @@ def count_macs(model: nn.Module, input_shape, *, layers: bool = False) -> dict:
 
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, (tuple, list)) else output
-        channels = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-        positions = out.numel() // channels
-        dense = positions * module.weight.numel()
-        nonzero = positions * int(torch.count_nonzero(_effective_weight(module)))
+        if callable(getattr(module, "weight_counts", None)):  # weight held in buffers (sparse conv)
+            n, nz = module.weight_counts()
+            positions = out.numel() // module.out_channels
+            dense, nonzero = positions * n, positions * nz
+        else:
+            channels = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+            positions = out.numel() // channels
+            dense = positions * module.weight.numel()
+            nonzero = positions * int(torch.count_nonzero(_effective_weight(module)))
         totals["dense"] += dense
         totals["nonzero"] += nonzero
         entry = per_layer.setdefault(names.get(id(module), type(module).__name__), {"dense": 0, "nonzero": 0})
         entry["dense"] += dense
         entry["nonzero"] += nonzero
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _MAC_LAYERS)]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, _MAC_LAYERS) or callable(getattr(m, "weight_counts", None))]
     modes = [(m, m.training) for m in model.modules()]
     ref = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
     x = torch.zeros((1, *tuple(int(s) for s in input_shape)), device=ref.device if ref is not None else "cpu",

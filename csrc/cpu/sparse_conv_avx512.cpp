@@ -1,0 +1,88 @@
+// The float32 inner loops of sparse_conv2d compiled for AVX-512 (F, BW, VL, DQ); sparse_conv.cpp
+// calls them only when the CPU has it (checked at run time), so the extension
+// still loads and runs on older x86 CPUs and on other architectures. How the ISA
+// is switched without compiler flags: sparse_conv_isa_begin.h.
+#include <cstdint>
+
+#include "sparse_conv_isa.h"
+
+// Only in optimised builds: at -O0 GCC 12 hits an internal compiler error on
+// ATen's vector headers under a target pragma; a -O0 build runs the baseline kernel.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
+    defined(__OPTIMIZE__) && !defined(SLIMKIT_NO_ISA_KERNELS)
+
+#include "sparse_conv_isa_begin.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+#endif
+
+// A target pragma does not define the ISA macros that headers test (sleef.h
+// declares its vector functions only under them), so define them for the
+// vector headers, as -m flags would, and drop them again right after.
+#if !defined(__AVX512F__)
+#define SLIMKIT_DEFINED_ISA_MACROS
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __F16C__ 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#endif
+#undef CPU_CAPABILITY
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#include <ATen/cpu/vec/vec.h>
+#if defined(SLIMKIT_DEFINED_ISA_MACROS)
+#undef __AVX__
+#undef __AVX2__
+#undef __FMA__
+#undef __F16C__
+#undef __AVX512F__
+#undef __AVX512BW__
+#undef __AVX512VL__
+#undef __AVX512DQ__
+#undef SLIMKIT_DEFINED_ISA_MACROS
+#endif
+
+#include "sparse_conv_kernel.h"
+
+namespace slimkit {
+namespace sparse_conv_isa {
+
+bool avx512_compiled() { return true; }
+
+int64_t tile_len_avx512() { return slimkit_sparse_tile_len<float>(); }
+
+void tiles_avx512(const float* in, const int64_t* seg, int64_t ncb, const int64_t* off, const float* val,
+                const float* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1, int64_t OH, int64_t OW,
+                int64_t Wq, float* y, float* stage) {
+  slimkit_sparse_tiles<float>(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
+}
+
+}  // namespace sparse_conv_isa
+}  // namespace slimkit
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else  // not an optimised x86-64 GCC/clang build: sparse_conv.cpp uses the baseline kernel
+
+namespace slimkit {
+namespace sparse_conv_isa {
+bool avx512_compiled() { return false; }
+int64_t tile_len_avx512() { return 0; }
+void tiles_avx512(const float*, const int64_t*, int64_t, const int64_t*, const float*, const float*, int64_t, int64_t,
+                int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*) {}
+}  // namespace sparse_conv_isa
+}  // namespace slimkit
+
+#endif

@@ -1,0 +1,128 @@
+// Inner loops of the direct sparse convolution (Park et al., "Faster CNNs with
+// Direct Sparse Convolutions and Guided Pruning", ICLR 2017), shared by
+// sparse_conv.cpp (baseline ISA, every dtype) and sparse_conv_avx2.cpp (the same
+// code compiled for AVX2+FMA, float32). Each includer has already included
+// <ATen/cpu/vec/vec.h> for its own CPU_CAPABILITY, so `Vectorized` below is that
+// ISA's vector; everything here has internal linkage so the two copies never meet.
+//
+// Layout (see sparse_conv.cpp): the input image is zero-padded and split by stride
+// phase into planes of Hq x Wq, and the output plane of every output channel is
+// computed on the "virtual" width Wq (columns ow >= OW are junk and dropped when a
+// tile is copied out). A nonzero weight (c, r, s) then reads the input at one fixed
+// offset off = plane(c, phase(r), phase(s)) + (r*dh/sh)*Wq + (s*dw/sw) for every
+// output position j: out[j] += value * in[off + j].
+//
+// Blocking: the flat output positions are cut into tiles of up to kTile vectors. For one
+// tile, the loop runs over blocks of input channels, and inside a block over all
+// output channels, and inside that over the row's nonzeros in the block: so the
+// input window of one (tile, channel block) — sized to stay in L1 — is reused by
+// every output channel, while the tile's accumulators for one output channel live
+// in registers (one broadcast and kTile (load, FMA) pairs per nonzero). Partial
+// sums between channel blocks go through a small per-tile stage (OC x tile).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int kTile = 12;  // vectors per register tile (12 accumulators + 1 broadcast of 16 AVX2 registers)
+
+template <typename scalar_t, int T>
+inline void slimkit_sparse_tile(const scalar_t* __restrict in, const int64_t* __restrict off,
+                                const scalar_t* __restrict val, int64_t nnz, scalar_t* __restrict st, bool init,
+                                scalar_t b) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t VL = Vec::size();
+  Vec acc[T];
+  if (init) {
+#pragma GCC unroll 16
+    for (int k = 0; k < T; ++k) acc[k] = Vec(b);
+  } else {
+#pragma GCC unroll 16
+    for (int k = 0; k < T; ++k) acc[k] = Vec::loadu(st + k * VL);
+  }
+  for (int64_t z = 0; z < nnz; ++z) {
+    const Vec v(val[z]);
+    const scalar_t* p = in + off[z];
+#pragma GCC unroll 16
+    for (int k = 0; k < T; ++k) acc[k] = at::vec::fmadd(v, Vec::loadu(p + k * VL), acc[k]);
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < T; ++k) acc[k].store(st + k * VL);
+}
+
+// st[0 : nv*VL) (+)= sum_z val[z] * in[off[z] + j], nv <= kTile vectors in registers;
+// init: start from b instead of st.
+template <typename scalar_t>
+inline void slimkit_sparse_segment(const scalar_t* in, const int64_t* off, const scalar_t* val, int64_t nnz,
+                                   scalar_t* st, bool init, scalar_t b, int64_t nv) {
+  switch (nv) {
+#define SLIMKIT_SPARSE_CASE(T) \
+  case T:                      \
+    return slimkit_sparse_tile<scalar_t, T>(in, off, val, nnz, st, init, b);
+    SLIMKIT_SPARSE_CASE(1) SLIMKIT_SPARSE_CASE(2) SLIMKIT_SPARSE_CASE(3) SLIMKIT_SPARSE_CASE(4)
+    SLIMKIT_SPARSE_CASE(5) SLIMKIT_SPARSE_CASE(6) SLIMKIT_SPARSE_CASE(7) SLIMKIT_SPARSE_CASE(8)
+    SLIMKIT_SPARSE_CASE(9) SLIMKIT_SPARSE_CASE(10) SLIMKIT_SPARSE_CASE(11) SLIMKIT_SPARSE_CASE(12)
+#undef SLIMKIT_SPARSE_CASE
+    default:
+      return;
+  }
+}
+static_assert(kTile == 12, "slimkit_sparse_segment has one case per tile width up to kTile");
+
+template <typename scalar_t>
+constexpr int64_t slimkit_sparse_tile_len() {
+  return kTile * at::vec::Vectorized<scalar_t>::size();
+}
+
+// The L flat output positions are nvec = ceil(L / VL) vectors, cut into
+// ceil(nvec / kTile) tiles of (nearly) equal width: tile t is vectors
+// [t * nvec / ntiles, (t + 1) * nvec / ntiles).
+inline int64_t slimkit_sparse_num_tiles(int64_t L, int64_t VL) {
+  return ((L + VL - 1) / VL + kTile - 1) / kTile;
+}
+
+// Tiles [t0, t1) of one image, output channels [oc0, oc1).
+//   in    prepared (padded, phase-split) input of the image, with slack after it
+//   seg   (OC, ncb + 1): seg[oc*(ncb+1) + k] = first nonzero of row oc in channel block k
+//         (nonzeros sorted by column within each row); seg[oc*(ncb+1) + ncb] = row end
+//   off, val per nonzero; bias may be null
+//   y     the image's output, OC x OH x OW; L = OH * Wq flat positions
+//   stage at least (oc1 - oc0) * tile_len elements
+template <typename scalar_t>
+inline void slimkit_sparse_tiles(const scalar_t* in, const int64_t* seg, int64_t ncb, const int64_t* off,
+                                 const scalar_t* val, const scalar_t* bias, int64_t oc0, int64_t oc1, int64_t t0,
+                                 int64_t t1, int64_t OH, int64_t OW, int64_t Wq, scalar_t* y, scalar_t* stage) {
+  constexpr int64_t VL = at::vec::Vectorized<scalar_t>::size();
+  constexpr int64_t TL = slimkit_sparse_tile_len<scalar_t>();
+  const int64_t L = OH * Wq;
+  const int64_t nvec = (L + VL - 1) / VL;
+  const int64_t ntiles = slimkit_sparse_num_tiles(L, VL);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t v0 = t * nvec / ntiles, v1 = (t + 1) * nvec / ntiles;
+    const int64_t j0 = v0 * VL, jend = std::min(L, v1 * VL);
+    const scalar_t* in_t = in + j0;
+    for (int64_t cb = 0; cb < ncb; ++cb) {
+      for (int64_t oc = oc0; oc < oc1; ++oc) {
+        const int64_t* s = seg + oc * (ncb + 1);
+        const int64_t z0 = s[cb], z1 = s[cb + 1];
+        // The first block also initialises the stage (with the bias), nonzeros or not.
+        if (cb > 0 && z1 == z0) continue;
+        slimkit_sparse_segment<scalar_t>(in_t, off + z0, val + z0, z1 - z0, stage + (oc - oc0) * TL, cb == 0,
+                                         bias ? bias[oc] : scalar_t(0), v1 - v0);
+      }
+    }
+    // Copy the tile's valid columns (ow < OW) out of the virtual-width layout.
+    for (int64_t oh = j0 / Wq; oh * Wq < jend; ++oh) {
+      const int64_t lo = std::max(j0, oh * Wq), hi = std::min(jend, oh * Wq + OW);
+      if (hi <= lo) continue;
+      const int64_t ow = lo - oh * Wq;
+      for (int64_t oc = oc0; oc < oc1; ++oc)
+        std::memcpy(y + (oc * OH + oh) * OW + ow, stage + (oc - oc0) * TL + (lo - j0), sizeof(scalar_t) * (hi - lo));
+    }
+  }
+}
+
+}  // namespace

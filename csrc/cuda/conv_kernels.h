@@ -1,0 +1,35 @@
+// Raw-pointer launchers of the conv CUDA kernels (masked_conv.cu, sparse_conv.cu).
+//
+// The .cu files include only the CUDA runtime, so they compile with nvcc against
+// any torch (the CPU wheel ships no usable c10/cuda headers); the TORCH_LIBRARY_IMPL
+// glue that checks tensors and picks the stream lives in *_glue.cpp, built only
+// when torch has CUDA. Every launcher enqueues on `stream` and returns the launch
+// status (cudaGetLastError) for the glue to turn into a Python error.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace slimkit {
+namespace cuda {
+
+// out[i] = a[i] * mask[i], i < n (out may alias a).
+cudaError_t mask_multiply_f32(float* out, const float* a, const float* mask, int64_t n, cudaStream_t stream);
+cudaError_t mask_multiply_f64(double* out, const double* a, const double* mask, int64_t n, cudaStream_t stream);
+
+// Geometry of a 2-D convolution, NCHW input (N, C, H, W) -> output (N, OC, OH, OW).
+struct ConvShape {
+  int64_t N, C, H, W, OC, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW;
+};
+
+// Direct sparse convolution: y = conv2d(x, W) + bias with W given in CSR over
+// OC x (C*kh*kw) (row_ptr: OC+1, col_idx/values: nnz; int64 indices, already
+// validated). x, y contiguous; bias may be null.
+cudaError_t sparse_conv2d_f32(const float* x, const int64_t* row_ptr, const int64_t* col_idx, const float* values,
+                              const float* bias, float* y, const ConvShape& s, cudaStream_t stream);
+cudaError_t sparse_conv2d_f64(const double* x, const int64_t* row_ptr, const int64_t* col_idx, const double* values,
+                              const double* bias, double* y, const ConvShape& s, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace slimkit
