@@ -223,3 +223,14 @@ def test_cuda_matches_cpu_reference(dtype, rtol, N, K):
     for g, gr in zip(grads, grads_ref):
         err = (g.cpu().double() - gr).abs().max().item()
         assert err <= rtol * max(gr.abs().max().item(), 1e-30)
+
+
+def test_torch_compile_fullgraph():
+    args = [a.requires_grad_() for a in make(1000, 4, seed=11)]
+    f = torch.compile(gmm_prior, fullgraph=True, backend="aot_eager")
+    loss = f(*args)
+    grads = torch.autograd.grad(3.0 * loss, args)
+    loss_ref, grads_ref = ref64(*args)
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=2e-5)
+    for g, gr in zip(grads, grads_ref):
+        torch.testing.assert_close(g.double(), 3.0 * gr, rtol=2e-5, atol=2e-5 * gr.abs().max().item())
