@@ -61,7 +61,7 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
                "macs": macs["layers"].get(name, {}).get("dense", 0),
                "nonzero_macs": macs["layers"].get(name, {}).get("nonzero", 0),
                "bytes": sum(per_key.get(prefix + k, 0) for k, _ in own),
-               "codec": ",".join(c for c in codecs if c != "from_mask")}
+               "codec": ",".join(c for c in codecs if c not in storage.DERIVED)}
         sparse_weight = getattr(module, "sparse_weight", None)
         if sparse_weight is not None:  # --sparse-inference layer: which kernel it runs, and why
             row["runs_sparse"] = bool(sparse_weight.uses_sparse)
