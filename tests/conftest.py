@@ -22,6 +22,19 @@ def _session_cache(tmp_path_factory):
         os.environ["SLIMKIT_CACHE"] = old
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for in-process tests: the suite runs on 2 shared cores, where
+    OpenMP threads spinning against each other (and against subprocess tests) cost far
+    more than they gain on these small models. Tests about threading set their own."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def fresh_registry():
     """Reload plugins after the test (tests may register extra plugins)."""

@@ -25,14 +25,6 @@ from conftest import cli
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 class RecordingTrainer(Trainer):
     """The real trainer, noting for every fit: label, loss, epochs and the model's weights before training."""
 

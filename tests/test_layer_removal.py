@@ -24,14 +24,6 @@ from slimkit_plugins import layer_removal as lr
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread avoids OpenMP spin contention
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_ctx(tmp_path, teacher, epochs=1, seed=0):
     bundle = DataBundle("synthetic", load_synthetic("128x1x8x8@4", 0), seed=0)
     trainer = Trainer(device=torch.device("cpu"), dist=DistInfo(), seed=0, batch_size=32, reporter=Reporter(False))

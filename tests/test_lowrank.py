@@ -26,14 +26,6 @@ from slimkit_plugins import lowrank as lr
 SHAPE = (3, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def registry_with_lowrank():
     registry = load_registry()
     if "lowrank" not in registry.methods:  # not (yet) an installed entry point

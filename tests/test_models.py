@@ -22,14 +22,6 @@ FAST_WIDTH = {"vgg11": 0.25, "vgg13": 0.25, "vgg16": 0.25, "vgg19": 0.25, "miniv
               "resnet18": 0.125, "mobilenetv2": 0.25}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CI cores: one thread avoids OpenMP oversubscription
-    yield
-    torch.set_num_threads(previous)
-
-
 def build(name, shape, num_classes=10, **options):
     factory = zoo.MODELS[name][0]
     options.setdefault("width", FAST_WIDTH.get(name, 1.0))

@@ -27,14 +27,6 @@ from slimkit_plugins import prune as pr
 SHAPE = (3, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------- helpers
 
 def make_ctx(tmp_path, epochs=2, trainer=None, shape=SHAPE, n=256, dist=None):

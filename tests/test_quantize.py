@@ -23,14 +23,6 @@ from slimkit_plugins import quantize as qz
 INFO = {"model": "mlp", "input_shape": [1, 6, 6], "num_classes": 4, "data": {}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def registry():
     reg = load_registry()

@@ -22,14 +22,6 @@ from slimkit_plugins import sws
 INFO = {"model": "mlp", "input_shape": [1, 6, 6], "num_classes": 4, "data": {}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_ctx(tmp_path, epochs, stage="sws"):
     bundle = DataBundle("synthetic", load_synthetic("384x1x6x6@4", 0), seed=0)
     trainer = Trainer(device=torch.device("cpu"), dist=DistInfo(), seed=0, batch_size=32, reporter=Reporter(False))
