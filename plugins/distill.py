@@ -137,7 +137,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit import hookimpl
-from slimkit.api import Method, Option, TrainCallback
+from slimkit.api import Method, Option, TrainCallback, model_names
 from slimkit.data import augment_images, derive_seed
 from slimkit.errors import UserError
 from slimkit.models import count_params
@@ -158,17 +158,6 @@ CACHE_BATCH = 512
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _registered_models() -> list[str]:
-    """Names of every registered model (the zoo and plugins' models).
-
-    ``Method.check`` receives no context, so this reads the process registry that the
-    pipeline itself builds models from.
-    """
-    from slimkit.plugins import get_registry
-
-    return sorted(get_registry().models)
-
 
 @contextlib.contextmanager
 def _rng(ctx, purpose: str):
@@ -508,7 +497,7 @@ class Distill(Method):
             raise UserError("distill: student=input keeps the incoming model; it cannot also be shrunk by width. "
                             "Drop width, or give student=NAME (a zoo model) with width")
         if student not in (None, "input"):
-            names = _registered_models()
+            names = model_names()
             if student not in names:
                 raise UserError(f"distill: unknown student {student!r}; give a registered model ("
                                 f"{', '.join(names)}) or 'input'")
@@ -530,7 +519,7 @@ class Distill(Method):
         if student in (None, "input") and width is None:
             return model, "input", False, None
         if student in (None, "input"):
-            if ctx.model_name not in _registered_models():
+            if ctx.model_name not in model_names():
                 raise UserError(f"distill: width={width} shrinks --model's architecture, but --model is "
                                 f"{ctx.model_name!r}, not a registered model name; give student=NAME "
                                 f"with width instead")

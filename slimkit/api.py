@@ -252,3 +252,11 @@ class StageContext:
     def plot_path(self, name: str):
         """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""
         return (self.out_dir / name) if self.dist.is_main else None
+
+
+def model_names() -> list[str]:
+    """Names of every registered model (the zoo and plugins' models), for validating a
+    method's options in :meth:`Method.check`, which runs before a context exists."""
+    from slimkit.plugins import get_registry
+
+    return sorted(get_registry().models)
