@@ -105,7 +105,7 @@ from slimkit.api import Method, Option
 from slimkit.errors import UserError
 from slimkit.measure import measure_latency
 from slimkit.models import count_macs, count_params
-from slimkit.nn import MaskedConv2d, MaskedLinear, serializable
+from slimkit.nn import MaskedConv2d, MaskedLinear, eval_mode, serializable
 
 __all__ = [
     "LowRankConv2d", "LowRankLinear", "LowRank", "conv_matrix", "decompose_conv", "decompose_linear",
@@ -415,18 +415,15 @@ def calibrate_bn(model: nn.Module, modules: Sequence[LowRankConv2d], batches) ->
 
     for m in modules:
         handles.append(m.horizontal.register_forward_hook(hook(m)))
-    modes = [(m, m.training) for m in model.modules()]
     seen = 0
     try:
-        model.eval()
-        for x in batches:
-            model(x)
-            seen += x.shape[0]
+        with eval_mode(model):
+            for x in batches:
+                model(x)
+                seen += x.shape[0]
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     for m in modules:
         if count[id(m)] == 0:
             continue
@@ -459,15 +456,12 @@ def _capture_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> 
         def fn(module, inputs, output, _name=name):
             found.setdefault(_name, inputs[0].detach())
         handles.append(model.get_submodule(name).register_forward_hook(fn))
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        model(x)
+        with eval_mode(model):
+            model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     return found
 
 
@@ -607,10 +601,7 @@ class LowRank(Method):
         if epochs > 0:
             ctx.train(model, epochs=epochs, lr=opts["lr"])
 
-        modes = [(m, m.training) for m in model.modules()]
         latency = measure_latency({"before": before_model, "after": model}, shape, device=ctx.device)
-        for m, mode in modes:  # measure_latency leaves the models in eval mode
-            m.training = mode
         cp_before, cp_after = _conv_params(before_model), _conv_params(model)
         p_before, p_after = count_params(before_model), count_params(model)
         ctx.record(

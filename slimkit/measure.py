@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 import torch.nn as nn
 
 from slimkit.models import count_macs, count_nonzero, count_params
+from slimkit.nn import eval_mode
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
@@ -51,20 +53,22 @@ def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: in
                     repeats: int = 50, device="cpu") -> dict[str, float]:
     """Median milliseconds per forward pass of each model, timed interleaved in one run."""
     x = torch.randn(batch_size, *input_shape, device=device)
-    for m in models.values():
-        m.eval()
-        for _ in range(warmup):
-            m(x)
+    cuda = torch.device(device).type == "cuda"
     times = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            m(x)
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+    with ExitStack() as stack:  # eval mode while timing; every module's own mode restored after
+        for m in models.values():
+            stack.enter_context(eval_mode(m))
+            for _ in range(warmup):
+                m(x)
+        for _ in range(repeats):
+            for name, m in models.items():
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                m(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(v) for name, v in times.items()}
 
 

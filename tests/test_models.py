@@ -305,3 +305,16 @@ def test_masked_layers_are_counted_as_weight_times_mask():
     assert macs["layers"]["features.conv1"]["nonzero"] == 64 * (150 - 60)
     assert macs["layers"]["classifier.fc3"]["nonzero"] == 84 * 10 - 252
     assert macs["nonzero"] == base["nonzero"] - 64 * 60 - 252
+
+
+def test_latency_and_macs_restore_each_modules_mode():
+    """Measuring must not change a model: per-module train/eval flags come back as they were."""
+    from slimkit.measure import measure_latency
+
+    model = zoo.MODELS["lenet5"][0]((1, 8, 8), 10)
+    model.train()
+    model.features.eval()  # a mixed state, as a frozen-part fine-tune leaves it
+    before = [m.training for m in model.modules()]
+    count_macs(model, (1, 8, 8))
+    measure_latency({"m": model}, (1, 8, 8), warmup=1, repeats=2)
+    assert [m.training for m in model.modules()] == before

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from slimkit.nn import eval_mode
+
 __all__ = ["count_params", "count_nonzero", "count_macs"]
 
 # Layers whose multiply-accumulates count_macs measures (subclasses included).
@@ -103,18 +105,15 @@ def count_macs(model: nn.Module, input_shape, *, layers: bool = False) -> dict:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, _MAC_LAYERS) or callable(getattr(m, "weight_counts", None))]
-    modes = [(m, m.training) for m in model.modules()]
     ref = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
     x = torch.zeros((1, *tuple(int(s) for s in input_shape)), device=ref.device if ref is not None else "cpu",
                     dtype=ref.dtype if ref is not None else torch.float32)
     try:
-        model.eval()
-        model(x)
+        with eval_mode(model):
+            model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     result = dict(totals)
     if layers:
         result["layers"] = per_layer

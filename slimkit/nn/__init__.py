@@ -1,6 +1,21 @@
 """Module building blocks that slimkit can save, rebuild and compress."""
+from contextlib import contextmanager
+
 from slimkit.nn.spec import BUILTINS, ModuleRegistry, serializable, type_name
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers, to_masked, to_plain, zero_pruned
 
-__all__ = ["BUILTINS", "ModuleRegistry", "serializable", "type_name", "MaskedConv2d", "MaskedLinear",
+@contextmanager
+def eval_mode(model):
+    """Put every module of ``model`` in eval mode for the block, then restore each
+    module's own train/eval flag (not just the top-level one)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+__all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "type_name", "MaskedConv2d", "MaskedLinear",
            "MaskedMixin", "prunable_layers", "to_masked", "to_plain", "zero_pruned"]
