@@ -32,21 +32,22 @@ the new centroids back and rewrites the weights as ``codebook[index]``, so the
 weights are exactly codebook values at every step (whatever rounding the optimizer
 did), pruned weights stay exactly 0 and the assignment never changes.
 
-The layers become :class:`QuantizedLinear` / :class:`QuantizedConv2d`: masked layers
-with a ``weight_codebook`` buffer, which the ``.slim`` writer (slimkit.storage) stores
-as codebook indices, ``csr`` with relative positions when the layer is pruned, and
-Huffman coded when ``huffman`` is on (the paper's last stage). The constructor
-arguments carry the storage hints (``index_bits`` = n, ``pos_bits``, ``huffman``), so
-they survive saving and loading.
+The layers become :class:`slimkit.nn.QuantizedLinear` / :class:`slimkit.nn.QuantizedConv2d`
+(engine types from :mod:`slimkit.nn.quantized`, shared with ``sws``): masked layers with a
+``weight_codebook`` buffer, which the ``.slim`` writer (slimkit.storage) stores as
+codebook indices, ``csr`` with relative positions when the layer is pruned, and Huffman
+coded when ``huffman`` is on (the paper's last stage). The constructor arguments carry
+the storage hints (``index_bits`` = n, ``pos_bits``, ``huffman``), so they survive
+saving and loading.
 
 int8 (``mode=int8``)
 --------------------
 Post-training, no training: per output channel ``c`` a symmetric scale
 ``s_c = max|W_c| / 127`` and ``q = round(W / s_c)`` in [-127, 127]; the weight becomes
 ``q * s_c`` (error at most ``s_c / 2`` per weight) and is stored as int8 plus one
-float32 scale per channel (:class:`Int8Linear` / :class:`Int8Conv2d`, with a
-``weight_scale`` buffer). Pruned weights stay 0. A baseline to compare weight sharing
-against.
+float32 scale per channel (:class:`slimkit.nn.Int8Linear` / :class:`slimkit.nn.Int8Conv2d`,
+with a ``weight_scale`` buffer). Pruned weights stay 0. A baseline to compare weight
+sharing against.
 """
 from __future__ import annotations
 
@@ -56,140 +57,17 @@ import torch.nn as nn
 from slimkit import hookimpl, storage
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers, serializable, to_masked
+from slimkit.nn import (MaskedMixin, prunable_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes,
+                        to_masked)
+# The layer types and helpers moved to the engine (slimkit.nn.quantized); these names stay importable from
+# here for code written before the move. New code imports them from slimkit.nn.
+from slimkit.nn import Int8Conv2d, Int8Linear, QuantizedConv2d, QuantizedLinear, codebook_layers  # noqa: F401
 
-__all__ = [
-    "Quantize", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d", "SharedWeightGradients",
-    "init_centroids", "kmeans_1d", "share_weights", "int8_quantize", "replace_layer", "quantizable_layers",
-    "codebook_layers", "stored_bytes",
-]
-
-
-# --------------------------------------------------------------------------- layers
-
-class _CodebookMixin:
-    """A masked layer whose kept weights are exactly ``weight_codebook`` values."""
-
-    weight: torch.Tensor
-    weight_mask: torch.Tensor
-    weight_codebook: torch.Tensor
-
-    def _init_codebook(self, num_codes: int, index_bits: int, pos_bits: int, huffman: bool):
-        if not 1 <= num_codes <= 256:
-            raise ValueError(f"num_codes={num_codes}; expected 1 to 256")
-        if index_bits and not storage.min_index_bits(num_codes) <= index_bits <= 8:
-            raise ValueError(f"index_bits={index_bits} cannot index {num_codes} codes")
-        if pos_bits and not 1 <= pos_bits <= 8:
-            raise ValueError(f"pos_bits={pos_bits}; expected 1 to 8 (0 = the smallest)")
-        self.register_buffer("weight_codebook", torch.zeros(num_codes))
-        self._storage = {"index_bits": index_bits or storage.min_index_bits(num_codes), "pos_bits": pos_bits,
-                         "huffman": bool(huffman)}
-
-    @property
-    def slimkit_storage(self) -> dict:
-        """Storage hints read by :func:`slimkit.storage.default_plan`."""
-        return dict(self._storage)
-
-    @torch.no_grad()
-    def zero_pruned(self) -> None:
-        self.weight.masked_fill_(self.weight_mask == 0, 0.0)  # +0.0, not the -0.0 that w * 0 gives
-
-    @torch.no_grad()
-    def set_codes(self, codebook: torch.Tensor, index: torch.Tensor, keep: torch.Tensor) -> None:
-        """Set ``weight = codebook[index]`` where ``keep``, exactly 0 elsewhere; mask = keep."""
-        self.weight_codebook.copy_(codebook.to(self.weight_codebook))
-        values = self.weight_codebook[index.reshape(-1).long()].reshape(self.weight.shape)
-        keep = keep.reshape(self.weight.shape).bool()
-        self.weight.copy_(torch.where(keep, values.to(self.weight.dtype), torch.zeros_like(self.weight)))
-        self.weight_mask.copy_(keep.to(self.weight_mask.dtype))
-
-
-@serializable
-class QuantizedLinear(_CodebookMixin, MaskedLinear):
-    """A :class:`~slimkit.nn.MaskedLinear` whose kept weights are codebook values."""
-
-    def __init__(self, in_features, out_features, bias=True, num_codes=32, index_bits=0, pos_bits=0, huffman=True):
-        super().__init__(in_features, out_features, bias)
-        self._init_codebook(num_codes, index_bits, pos_bits, huffman)
-
-
-@serializable
-class QuantizedConv2d(_CodebookMixin, MaskedConv2d):
-    """A :class:`~slimkit.nn.MaskedConv2d` whose kept weights are codebook values."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 num_codes=256, index_bits=0, pos_bits=0, huffman=True):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self._init_codebook(num_codes, index_bits, pos_bits, huffman)
-
-
-class _Int8Mixin:
-    weight: torch.Tensor
-    weight_mask: torch.Tensor
-    weight_scale: torch.Tensor
-
-    def _init_scale(self, channels: int):
-        self.register_buffer("weight_scale", torch.ones(channels))
-
-    @torch.no_grad()
-    def zero_pruned(self) -> None:
-        self.weight.masked_fill_(self.weight_mask == 0, 0.0)
-
-
-@serializable
-class Int8Linear(_Int8Mixin, MaskedLinear):
-    """A :class:`~slimkit.nn.MaskedLinear` whose weight is ``q * weight_scale`` with int8 ``q``."""
-
-    def __init__(self, in_features, out_features, bias=True):
-        super().__init__(in_features, out_features, bias)
-        self._init_scale(out_features)
-
-
-@serializable
-class Int8Conv2d(_Int8Mixin, MaskedConv2d):
-    """A :class:`~slimkit.nn.MaskedConv2d` whose weight is ``q * weight_scale`` with int8 ``q``."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self._init_scale(out_channels)
+__all__ = ["Quantize", "SharedWeightGradients", "init_centroids", "kmeans_1d", "share_weights", "int8_quantize"]
 
 
 def _is_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d)
-
-
-def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    parent._modules[name.rpartition(".")[2]] = new
-
-
-def _twin(layer: nn.Module, kind: str, **kwargs) -> nn.Module:
-    """A QuantizedX / Int8X twin of a masked layer with its weight, bias and mask copied."""
-    if isinstance(layer, nn.Conv2d):
-        cls = QuantizedConv2d if kind == "codebook" else Int8Conv2d
-        padding = layer.padding if isinstance(layer.padding, str) else list(layer.padding)
-        new = cls(layer.in_channels, layer.out_channels, list(layer.kernel_size), list(layer.stride),
-                  padding, list(layer.dilation), layer.groups, layer.bias is not None, **kwargs)
-    else:
-        cls = QuantizedLinear if kind == "codebook" else Int8Linear
-        new = cls(layer.in_features, layer.out_features, layer.bias is not None, **kwargs)
-    new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(layer.weight)
-        new.weight_mask.copy_(layer.weight_mask)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias)
-    return new
-
-
-def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every conv/linear layer that can be quantised (masked or plain)."""
-    return [(n, m) for n, m in prunable_layers(model)
-            if isinstance(m, MaskedMixin) or type(m) in (nn.Conv2d, nn.Linear)]
-
-
-def codebook_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _CodebookMixin)]
 
 
 # --------------------------------------------------------------------------- k-means
@@ -347,16 +225,6 @@ def int8_quantize(weight: torch.Tensor, mask: torch.Tensor | None = None) -> tup
     return q, scale
 
 
-def stored_bytes(model: nn.Module, key: str) -> int:
-    """Bytes of tensor data the ``.slim`` writer stores for state-dict ``key`` (all its parts)."""
-    plan = storage.default_plan(model)
-    codec, extra = plan.get(key, ("dense", {}))
-    if codec in storage.DERIVED:
-        return 0
-    parts, _ = storage.encode_tensor(model.state_dict()[key], codec, extra)
-    return sum(p.numel() * p.element_size() for p in parts.values())
-
-
 # --------------------------------------------------------------------------- method
 
 class Quantize(Method):
@@ -405,8 +273,8 @@ class Quantize(Method):
             bits = opts["conv_bits"] if _is_conv(layer) else opts["fc_bits"]
             codebook, index, keep = share_weights(layer, bits, init=opts["init"], iters=opts["kmeans_iters"],
                                                   seed=ctx.seed)
-            new = _twin(layer, "codebook", num_codes=1 << bits, index_bits=bits, pos_bits=opts["pos_bits"],
-                        huffman=opts["huffman"])
+            new = quantized_twin(layer, "codebook", num_codes=1 << bits, index_bits=bits,
+                                 pos_bits=opts["pos_bits"], huffman=opts["huffman"])
             device = new.weight.device
             new.set_codes(codebook.to(device), index.to(device), keep.to(device))
             replace_layer(model, name, new)
@@ -438,7 +306,7 @@ class Quantize(Method):
         rows = []
         for name, layer in quantizable_layers(model):
             q, scale = int8_quantize(layer.weight, layer.weight_mask)
-            new = _twin(layer, "int8")
+            new = quantized_twin(layer, "int8")
             with torch.no_grad():
                 new.weight_scale.copy_(scale)
                 new.weight.copy_(storage.int8_dequantize(q.cpu(), scale.cpu()).to(new.weight))
@@ -473,8 +341,3 @@ def _broadcast_codes(layers) -> None:
 def register_methods(register):
     register(Quantize())
 
-
-@hookimpl
-def register_modules(register):
-    for cls in (QuantizedLinear, QuantizedConv2d, Int8Linear, Int8Conv2d):
-        register(cls)

@@ -51,7 +51,7 @@ a merged component gets the summed mixing proportion, the pi-weighted mean of th
 (0 when it contains the zero component) and of the precisions. Every weight is then
 set to the mean of its most responsible component (``argmax_j pi_j N(w | mu_j, sigma_j^2)``):
 the zero component prunes (the weight becomes exactly 0 and is masked), the others
-quantise. The layers become :class:`slimkit_plugins.quantize.QuantizedLinear` /
+quantise. The layers become :class:`slimkit.nn.QuantizedLinear` /
 ``QuantizedConv2d`` with a per-layer codebook of the means it uses, stored as ``csr``
 with codebook indices (Huffman coded unless ``huffman=false``).
 
@@ -72,8 +72,7 @@ import torch.nn.functional as F
 from slimkit import hookimpl, ops
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import to_masked
-from slimkit_plugins.quantize import _twin, codebook_layers, quantizable_layers, replace_layer, stored_bytes
+from slimkit.nn import codebook_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes, to_masked
 
 #: slimkit.ops.gmm_prior takes at most this many mixture components.
 MAX_COMPONENTS = 64
@@ -421,8 +420,8 @@ class SoftWeightSharing(Method):
                 keep = (c != 0) & (layer.weight_mask.reshape(-1).cpu() != 0)
                 codebook = torch.unique(v[keep]) if bool(keep.any()) else torch.zeros(1)
                 index = torch.searchsorted(codebook, v).clamp(max=codebook.numel() - 1)
-                new = _twin(layer, "codebook", num_codes=codebook.numel(), pos_bits=opts["pos_bits"],
-                            huffman=opts["huffman"])
+                new = quantized_twin(layer, "codebook", num_codes=codebook.numel(), pos_bits=opts["pos_bits"],
+                                     huffman=opts["huffman"])
                 dev = new.weight.device
                 new.set_codes(codebook.to(dev), index.to(dev), keep.to(dev))
                 replace_layer(model, name, new)

@@ -51,7 +51,8 @@ def register_modules(register):
     models (for example a factorized layer). A ``.slim`` file names its modules by
     these registered names, and loading never instantiates anything else.
     The class must be decorated with :func:`slimkit.nn.serializable` or be a
-    supported torch built-in.
+    supported torch built-in. A class that moved lists its former names in a
+    ``slimkit_type_aliases`` class attribute so older files still load.
     """
 
 

@@ -218,3 +218,51 @@ def test_every_hook_has_a_test():
     text = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     missing = [h for h in hooks if not re.search(rf"\btest_hook_{h}\b", text)]
     assert not missing, f"hooks without a test: {missing}"
+
+
+def _plugin_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in a plugin file that reaches slimkit_plugins (absolute,
+    relative, or by name through importlib.import_module / __import__)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: a sibling module of slimkit_plugins
+                base = "slimkit_plugins" + (f".{node.module}" if node.module else "")
+                found += [(node.lineno, base if node.module else f"{base}.{a.name}") for a in node.names]
+            elif node.module == "slimkit_plugins":
+                found += [(node.lineno, f"slimkit_plugins.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("import_module", "__import__"):
+                found.append((node.lineno, node.args[0].value))
+    return [(line, m) for line, m in found if m == "slimkit_plugins" or m.startswith("slimkit_plugins.")]
+
+
+def test_plugins_import_only_the_engine_never_each_other():
+    """Each built-in plugin depends on the engine (slimkit.*) only: what two plugins share
+    belongs in the engine (e.g. slimkit.nn.quantized for quantize and sws)."""
+    plugin_dir = REPO / "plugins"
+    files = sorted(p for p in plugin_dir.glob("*.py") if p.name != "__init__.py")
+    assert {"quantize.py", "sws.py"} <= {p.name for p in files}
+    offences = [f"plugins/{p.name}:{line} imports {module}" for p in files
+                for line, module in _plugin_imports(p) if module != f"slimkit_plugins.{p.stem}"]
+    assert not offences, "plugins must not import each other:\n" + "\n".join(offences)
+
+
+def test_the_import_check_sees_every_form_of_plugin_import(tmp_path):
+    source = ("from slimkit_plugins.quantize import replace_layer\nimport slimkit_plugins.prune as pr\n"
+              "from slimkit_plugins import lowrank\nfrom . import distill\nfrom .structural import x\n"
+              "import importlib\nimportlib.import_module('slimkit_plugins.sws')\n"
+              "from slimkit.nn import replace_layer\nimport slimkit.storage\n")
+    (tmp_path / "p.py").write_text(source)
+    assert sorted(m for _, m in _plugin_imports(tmp_path / "p.py")) == [
+        "slimkit_plugins.distill", "slimkit_plugins.lowrank", "slimkit_plugins.prune", "slimkit_plugins.quantize",
+        "slimkit_plugins.structural", "slimkit_plugins.sws"]

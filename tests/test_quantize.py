@@ -13,7 +13,8 @@ from slimkit.api import DistInfo, StageContext
 from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
-from slimkit.nn import MaskedLinear, to_masked
+from slimkit.nn import (Int8Linear, MaskedLinear, QuantizedConv2d, QuantizedLinear, codebook_layers, quantizable_layers,
+                        quantized_twin, stored_bytes, to_masked)
 from slimkit.plugins import load_registry
 from slimkit.progress import Reporter
 from slimkit.train import Trainer
@@ -89,7 +90,7 @@ def test_share_weights_ignores_pruned_weights_and_keeps_them_zero():
     assert codebook[0].item() == pytest.approx(kept.min().item())
     assert codebook[-1].item() == pytest.approx(kept.max().item())
     assert abs(codebook).max() < 1.0  # the pruned +-5 took no part
-    new = qz._twin(layer, "codebook", num_codes=8)
+    new = quantized_twin(layer, "codebook", num_codes=8)
     new.set_codes(codebook, index, keep)
     w = new.weight.detach()
     assert torch.equal(w[0, :5].view(torch.int32), torch.zeros(5).view(torch.int32))  # +0.0 exactly
@@ -100,7 +101,7 @@ def test_share_weights_ignores_pruned_weights_and_keeps_them_zero():
 # --------------------------------------------------------------------------- grouped gradients
 
 def tiny_layer():
-    layer = qz.QuantizedLinear(3, 2, num_codes=3)
+    layer = QuantizedLinear(3, 2, num_codes=3)
     codebook = torch.tensor([-1.0, 0.5, 2.0])
     index = torch.tensor([[0, 1, 2], [1, 1, 0]])
     keep = torch.tensor([[True, True, True], [True, False, True]])
@@ -159,7 +160,7 @@ def test_prune_then_quantize_keeps_pruned_zeros_and_stores_indices(tmp_path, reg
     method = qz.Quantize()
     ctx = make_ctx(tmp_path, epochs=2)
     model = method.apply(model, ctx, method.parse_options({"fc_bits": 3}))
-    layers = dict(qz.codebook_layers(model))
+    layers = dict(codebook_layers(model))
     assert set(layers) == set(masks)
     for name, m in layers.items():
         assert torch.equal(m.weight_mask, masks[name])
@@ -182,22 +183,22 @@ def test_prune_then_quantize_keeps_pruned_zeros_and_stores_indices(tmp_path, reg
     # 3-bit Huffman-coded indices + Huffman-coded gaps, against 32-bit values + a 1-bit mask
     masked_bytes = sum(4 * int(masks[n].sum()) + (masks[n].numel() + 7) // 8 for n in masks)
     assert ctx.results["weight_bytes"] < 0.4 * masked_bytes
-    assert ctx.results["weight_bytes"] == sum(qz.stored_bytes(model, f"{n}.weight") for n in layers)
+    assert ctx.results["weight_bytes"] == sum(stored_bytes(model, f"{n}.weight") for n in layers)
 
 
 def test_fine_tuning_moves_centroids_and_can_be_skipped(tmp_path):
     model = to_masked(trained_mlp(tmp_path))
     start = {}
-    for name, layer in qz.quantizable_layers(model):
+    for name, layer in quantizable_layers(model):
         codebook, _, _ = qz.share_weights(layer, 2, iters=20)
         start[name] = codebook
     method = qz.Quantize()
     tuned = method.apply(mlp_copy(model), make_ctx(tmp_path, epochs=1), method.parse_options({"fc_bits": 2}))
     frozen = method.apply(mlp_copy(model), make_ctx(tmp_path, epochs=0),
                           method.parse_options({"fc_bits": 2, "epochs": 0}))
-    for name, m in qz.codebook_layers(frozen):
+    for name, m in codebook_layers(frozen):
         assert torch.equal(m.weight_codebook, start[name])
-    moved = [not torch.equal(m.weight_codebook, start[name]) for name, m in qz.codebook_layers(tuned)]
+    moved = [not torch.equal(m.weight_codebook, start[name]) for name, m in codebook_layers(tuned)]
     assert all(moved)
 
 
@@ -230,13 +231,13 @@ class NoTraining(Trainer):
 
 def test_int8_mode_is_post_training_and_stored_as_int8(tmp_path, registry):
     model = mlp()
-    reference = [m.weight.detach().clone() for _, m in qz.quantizable_layers(model)]
+    reference = [m.weight.detach().clone() for _, m in quantizable_layers(model)]
     method = qz.Quantize()
     trainer = NoTraining(device=torch.device("cpu"), dist=DistInfo(), seed=0, batch_size=32, reporter=Reporter(False))
     ctx = make_ctx(tmp_path, trainer=trainer)
     model = method.apply(model, ctx, method.parse_options({"mode": "int8"}))
-    layers = [m for _, m in qz.quantizable_layers(model)]
-    assert all(isinstance(m, qz.Int8Linear) for m in layers)
+    layers = [m for _, m in quantizable_layers(model)]
+    assert all(isinstance(m, Int8Linear) for m in layers)
     for m, w in zip(layers, reference):
         assert ((m.weight - w).abs().amax(1) <= m.weight_scale / 2 * (1 + 1e-5)).all()
     assert all(r["max_error_over_half_scale"] <= 1 + 1e-5 for r in ctx.results["layers"])
@@ -269,13 +270,13 @@ def test_conv_layers_get_conv_bits(tmp_path, registry):
     method = qz.Quantize()
     ctx = make_ctx(tmp_path, epochs=0)
     model = method.apply(model, ctx, method.parse_options({"conv_bits": 4, "fc_bits": 2, "epochs": 0}))
-    assert isinstance(model[0], qz.QuantizedConv2d) and model[0].weight_codebook.numel() == 16
-    assert isinstance(model[3], qz.QuantizedLinear) and model[3].weight_codebook.numel() == 4
+    assert isinstance(model[0], QuantizedConv2d) and model[0].weight_codebook.numel() == 16
+    assert isinstance(model[3], QuantizedLinear) and model[3].weight_codebook.numel() == 4
     assert [r["kind"] for r in ctx.results["layers"]] == ["conv", "fc"]
     storage.save_model(tmp_path / "conv.slim", model, registry, info=INFO)
     assert storage.read_header(tmp_path / "conv.slim")["tensors"]["0.weight"]["codec"] == "codebook"
     loaded = storage.load_model(tmp_path / "conv.slim", registry).model
-    assert isinstance(loaded[0], qz.QuantizedConv2d)
+    assert isinstance(loaded[0], QuantizedConv2d)
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     x = torch.randn(2, 1, 6, 6)

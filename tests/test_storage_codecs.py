@@ -12,22 +12,16 @@ import torch.nn as nn
 
 from slimkit import storage
 from slimkit.errors import UserError
-from slimkit.nn import MaskedLinear, to_masked
+from slimkit.nn import Int8Linear, MaskedLinear, QuantizedLinear, to_masked
 from slimkit.plugins import load_registry
 from slimkit_plugins import quantize as qz
 
 INFO = {"model": "test", "input_shape": [1, 8, 8], "num_classes": 10, "data": {}}
 
 
-def registry_with_quantize():
-    """The installed plugins, plus the quantize plugin where its entry point is not installed."""
-    registry = load_registry()
-    return registry if "quantize" in registry.methods else load_registry(extra_plugins=[qz])
-
-
 @pytest.fixture(scope="module")
 def registry():
-    return registry_with_quantize()
+    return load_registry()  # the quantised layer types are the engine's (slimkit.nn.quantized)
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -267,9 +261,9 @@ def test_int8_round_trip_and_mask_only_when_pruned():
 def quantized_model(seed=0):
     """Sequential(QuantizedLinear pruned, ReLU, QuantizedLinear dense, ReLU, Int8Linear, MaskedLinear)."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), qz.QuantizedLinear(64, 40, num_codes=32, index_bits=5), nn.ReLU(),
-                          qz.QuantizedLinear(40, 30, num_codes=8, huffman=False), nn.ReLU(),
-                          qz.Int8Linear(30, 20), MaskedLinear(20, 10))
+    model = nn.Sequential(nn.Flatten(), QuantizedLinear(64, 40, num_codes=32, index_bits=5), nn.ReLU(),
+                          QuantizedLinear(40, 30, num_codes=8, huffman=False), nn.ReLU(),
+                          Int8Linear(30, 20), MaskedLinear(20, 10))
     for layer, sparsity in ((model[1], 0.9), (model[3], 0.0)):
         k = layer.weight_codebook.numel()
         codebook = torch.sort(torch.randn(k)).values

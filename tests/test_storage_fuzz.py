@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from slimkit import storage
 from slimkit.errors import UserError
-from slimkit.nn import MaskedLinear
+from slimkit.nn import Int8Linear, MaskedLinear, QuantizedLinear
 from slimkit.plugins import load_registry
 from slimkit_plugins import quantize as qz
 
@@ -36,9 +36,9 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None
 
 def _model():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), qz.QuantizedLinear(36, 24, num_codes=16, index_bits=4, pos_bits=3),
-                          nn.ReLU(), qz.QuantizedLinear(24, 16, num_codes=8, huffman=False), nn.ReLU(),
-                          qz.Int8Linear(16, 12), nn.ReLU(), MaskedLinear(12, 8), MaskedLinear(8, 4))
+    model = nn.Sequential(nn.Flatten(), QuantizedLinear(36, 24, num_codes=16, index_bits=4, pos_bits=3),
+                          nn.ReLU(), QuantizedLinear(24, 16, num_codes=8, huffman=False), nn.ReLU(),
+                          Int8Linear(16, 12), nn.ReLU(), MaskedLinear(12, 8), MaskedLinear(8, 4))
     for layer, sparsity in ((model[1], 0.8), (model[3], 0.0)):
         k = layer.weight_codebook.numel()
         layer.set_codes(torch.sort(torch.randn(k)).values, torch.randint(0, k, layer.weight.shape),
@@ -55,9 +55,7 @@ def _model():
     return model
 
 
-REGISTRY = load_registry()
-if "quantize" not in REGISTRY.methods:  # the entry point is not installed: register the plugin here
-    REGISTRY = load_registry(extra_plugins=[qz])
+REGISTRY = load_registry()  # the quantised layer types are the engine's (slimkit.nn.quantized)
 MODEL = _model()
 _DIR = Path(tempfile.mkdtemp(prefix="slimkit-fuzz-"))
 atexit.register(shutil.rmtree, _DIR, True)

@@ -13,10 +13,10 @@ from slimkit.api import DistInfo, StageContext
 from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
+from slimkit.nn import codebook_layers
 from slimkit.plugins import load_registry
 from slimkit.progress import Reporter
 from slimkit.train import Trainer
-from slimkit_plugins import quantize as qz
 from slimkit_plugins import sws
 
 INFO = {"model": "mlp", "input_shape": [1, 6, 6], "num_classes": 4, "data": {}}
@@ -133,9 +133,7 @@ def test_responsibility_picks_the_most_likely_component():
 # --------------------------------------------------------------------------- the method
 
 def test_quick_run_prunes_95_percent_and_stores_a_codebook(tmp_path):
-    reg = load_registry()
-    if "quantize" not in reg.methods:
-        reg = load_registry(extra_plugins=[qz])
+    reg = load_registry()  # QuantizedLinear is an engine type: no quantize plugin needed to save it
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 4))
     make_ctx(tmp_path, 4, stage="baseline").train(model, lr=0.1)
@@ -148,7 +146,7 @@ def test_quick_run_prunes_95_percent_and_stores_a_codebook(tmp_path):
                                  "pi_zero": 0.9999})
     ctx = make_ctx(tmp_path, 6)
     out = method.apply(model, ctx, opts)
-    layers = qz.codebook_layers(out)
+    layers = codebook_layers(out)
     assert len(layers) == 3
     weights = torch.cat([m.weight.detach().reshape(-1) for _, m in layers])
     assert float((weights == 0).float().mean()) >= 0.95

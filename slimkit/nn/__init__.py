@@ -3,6 +3,8 @@ from contextlib import contextmanager
 
 from slimkit.nn.spec import BUILTINS, ModuleRegistry, serializable, type_name
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers, to_masked, to_plain, zero_pruned
+from slimkit.nn.quantized import (CodebookMixin, Int8Conv2d, Int8Linear, Int8Mixin, QuantizedConv2d, QuantizedLinear,
+                                  codebook_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes)
 
 @contextmanager
 def eval_mode(model):
@@ -18,4 +20,6 @@ def eval_mode(model):
 
 
 __all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "type_name", "MaskedConv2d", "MaskedLinear",
-           "MaskedMixin", "prunable_layers", "to_masked", "to_plain", "zero_pruned"]
+           "MaskedMixin", "prunable_layers", "to_masked", "to_plain", "zero_pruned",
+           "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
+           "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers", "stored_bytes"]

@@ -1,6 +1,7 @@
 """The engine's own module types, registered like any plugin's."""
 from slimkit import hookimpl
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear
+from slimkit.nn.quantized import QUANTIZED_MODULES
 
 
 @hookimpl
@@ -10,3 +11,5 @@ def register_modules(register):
     register(MaskedConv2d)
     register(MaskedLinear)
     register(SparseConv2d)
+    for cls in QUANTIZED_MODULES:  # QuantizedLinear/Conv2d, Int8Linear/Conv2d (quantize, sws, any plugin)
+        register(cls)

@@ -6,6 +6,11 @@ registered through the ``register_modules`` hook); ``args`` are the constructor'
 JSON-serialisable arguments; ``children`` are rebuilt recursively and replace what
 the constructor made, so a method may swap any submodule (a block, a factorized
 layer) and the file still describes the model exactly.
+
+A class that moved to another module keeps loading from files that name it by its old
+``module.QualName`` when it lists those names in a ``slimkit_type_aliases`` class
+attribute (a tuple of strings; read from the class itself, not inherited). Files are
+always written with the current name.
 """
 from __future__ import annotations
 
@@ -93,10 +98,15 @@ BUILTINS = {
 
 
 class ModuleRegistry:
-    """The allowlist of module classes a ``.slim`` file may name."""
+    """The allowlist of module classes a ``.slim`` file may name.
+
+    A class is known by :func:`type_name` and, for reading only, by the former names in
+    its own ``slimkit_type_aliases`` attribute (see the module docstring).
+    """
 
     def __init__(self):
         self._classes: dict[str, type] = {}
+        self._aliases: dict[str, str] = {}  # former type name -> current type name
 
     def register(self, cls) -> None:
         if not getattr(cls, "_slimkit_serializable", False):
@@ -104,10 +114,24 @@ class ModuleRegistry:
         key = type_name(cls)
         if key in self._classes and self._classes[key] is not cls:
             raise ValueError(f"module type {key!r} is registered twice")
+        if key in self._aliases:
+            raise ValueError(f"module type {key!r} is already an alias of {self._aliases[key]!r}")
+        aliases = vars(cls).get("slimkit_type_aliases", ())
+        if isinstance(aliases, str) or not all(isinstance(a, str) for a in aliases):
+            raise TypeError(f"{cls.__qualname__}.slimkit_type_aliases must be a tuple of type names")
+        for alias in aliases:
+            if alias in self._classes or alias in BUILTINS or self._aliases.get(alias, key) != key:
+                raise ValueError(f"module type name {alias!r} (an alias of {key!r}) is registered twice")
         self._classes[key] = cls
+        self._aliases.update((alias, key) for alias in aliases)
 
     def names(self):
+        """The type names a file is written with (aliases are not listed)."""
         return sorted(set(BUILTINS) | set(self._classes))
+
+    def resolve(self, key: str) -> str:
+        """The current type name for ``key`` (``key`` itself unless it is a registered alias)."""
+        return key if key in self._classes else self._aliases.get(key, key)
 
     def spec(self, module: nn.Module) -> dict:
         cls = type(module)
@@ -125,7 +149,7 @@ class ModuleRegistry:
     def build(self, spec: dict, path: str = "model") -> nn.Module:
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
             raise UserError(f"corrupt architecture in model file at {path}: expected an object with a 'type'")
-        key = spec["type"]
+        key = self.resolve(spec["type"])
         if key in self._classes:
             cls = self._classes[key]
         elif key in BUILTINS:
