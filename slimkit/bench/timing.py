@@ -1,7 +1,7 @@
 """Timing and memory measurement for the kernel benchmarks.
 
 * Time: every implementation of a case is timed side by side in one process,
-  interleaved (round-robin, rotating the order each round) after warm-up, and the
+  interleaved (in rounds, in an order shuffled each round) after warm-up, and the
   median is reported, so that load from other processes hits all of them alike.
 * Memory: peak *extra* tensor memory of one call, from the allocation events that
   c10's CPU (and CUDA) allocator reports to the PyTorch profiler
@@ -41,15 +41,22 @@ def _sync() -> None:
 
 def interleaved_times(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5) -> dict[str, list[float]]:
     """Wall-clock milliseconds of each callable, ``repeats`` samples each after ``warmup`` calls,
-    taken round-robin (the order rotates every round)."""
+    taken in rounds that run every callable once, in an order shuffled every round (fixed
+    seed). A callable's time depends on what ran just before it (caches, freed buffers that
+    the next large allocation must fault in again); with a rotating order each one would
+    always follow the same neighbour, and that bias would land on one side of the comparison."""
+    import random
+
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     _sync()
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
+    shuffle = random.Random(0).shuffle
+    for _ in range(repeats):
+        order = names[:]
+        shuffle(order)
         for name in order:
             _sync()
             t0 = time.perf_counter()
