@@ -36,6 +36,10 @@ TORCH_LIBRARY(slimkit, m) {
   // out_channels x (in_channels * kh * kw); weight_shape = (out_channels, in_channels, kh, kw).
   // Inference only (no autograd).
   m.def("sparse_conv2d(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[4] weight_shape, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
-  // Instruction set of the float32 sparse_conv2d CPU kernel in this process ("avx512", "avx2", "base").
+  // Fully connected layer with a CSR weight over out_features x in_features:
+  // input (N, in_features) -> (N, out_features); weight_shape = (out_features, in_features).
+  // Inference only (no autograd).
+  m.def("sparse_linear(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[2] weight_shape, Tensor? bias) -> Tensor");
+  // Instruction set of the float32 sparse_conv2d / sparse_linear CPU kernels in this process ("avx512", "avx2", "base").
   m.def("sparse_conv2d_cpu_isa() -> str");
 }

@@ -3,7 +3,7 @@
 The exported network is the *decoded dense* model: a deep copy of the loaded model in
 which masked layers become plain ``nn.Conv2d`` / ``nn.Linear`` holding ``weight * mask``
 (:func:`slimkit.nn.to_plain`) and inference-only sparse convolutions
-(``slimkit.ops.conv.SparseConv2d``) become plain ``nn.Conv2d`` again, in eval mode.
+(``SparseConv2d``, ``SparseLinear``) become plain ``nn.Conv2d`` / ``nn.Linear`` again, in eval mode.
 Factorised layers (e.g. ``lowrank``'s vertical/horizontal convolutions) are kept as
 they are: they are ordinary convolutions and the saving they bring is real in any runtime.
 
@@ -71,26 +71,18 @@ class ExportResult:
 
 
 def _densify_sparse(model: nn.Module) -> int:
-    """Replace ``SparseConv2d`` layers by plain ``nn.Conv2d``, in place; returns how many."""
+    """Replace the CSR inference layers (``SparseConv2d``, ``SparseLinear``) by their plain dense
+    twins, in place; returns how many."""
     try:
-        from slimkit.ops.conv import SparseConv2d
+        from slimkit.ops.csr import CSRLayer
     except Exception:  # the kernels package cannot load: then no model can contain its layers either
         return 0
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, SparseConv2d):
-                continue
-            dense = child.sparse_weight.to_dense()
-            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                             child.dilation, bias=child.bias is not None)
-            conv.to(device=dense.device, dtype=dense.dtype)
-            with torch.no_grad():
-                conv.weight.copy_(dense.reshape(conv.weight.shape))
-                if child.bias is not None:
-                    conv.bias.copy_(child.bias)
-            parent._modules[name] = conv
-            count += 1
+            if isinstance(child, CSRLayer):
+                parent._modules[name] = child.to_dense_module()
+                count += 1
     return count
 
 

@@ -30,7 +30,7 @@ def prunable_sparsity(model: nn.Module) -> float:
             w = effective_weight(m)
             zeros += int((w == 0).sum())
             total += w.numel()
-        elif callable(getattr(m, "weight_counts", None)):  # weight held in buffers (sparse conv)
+        elif callable(getattr(m, "weight_counts", None)):  # weight held in buffers (sparse conv / linear)
             n, nonzero = m.weight_counts()
             zeros += n - nonzero
             total += n

@@ -265,7 +265,7 @@ class Run:
 
         sparse_layers = None
         if cfg.sparse_inference:
-            from slimkit.ops.conv import to_sparse_inference
+            from slimkit.ops.sparse_inference import to_sparse_inference
             sparse_layers = [{"layer": r.name, "sparse": bool(r.uses_sparse), "sparsity": float(r.sparsity),
                               "reason": r.reason} for r in to_sparse_inference(model)]
         final_path = self.work / "model.slim"

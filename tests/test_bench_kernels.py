@@ -25,11 +25,19 @@ def test_peak_extra_bytes_sees_tensor_memory():
 
 
 def test_interleaved_times_and_rows():
-    calls = []
-    samples = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                warmup=1, repeats=4)
-    assert len(samples["a"]) == len(samples["b"]) == 4
-    assert calls[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # rounds rotate the order
+    def run():
+        calls = []
+        samples = interleaved_times({k: (lambda k=k: calls.append(k)) for k in "abc"}, warmup=1, repeats=30)
+        assert all(len(samples[k]) == 30 for k in "abc")
+        return calls
+
+    calls = run()
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    rounds = [calls[3 + 3 * i: 6 + 3 * i] for i in range(30)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # every round runs each once
+    # shuffled: every callable follows every other one, so no side always runs after the same neighbour
+    assert {(x, y) for r in rounds for x, y in zip(r, r[1:])} == {(x, y) for x in "abc" for y in "abc" if x != y}
+    assert run() == calls  # a fixed seed: the same order every run
     x = torch.randn(512, 512)
     rows = bench_case("op", "512x512", {"native": lambda: x.sum(), "eager": lambda: x.exp().sum(),
                                         "compile": None},
@@ -64,3 +72,16 @@ def test_table_and_unknown_name(capsys):
     assert "kd_loss" in out and "median ms" in out and "memcpy" in out
     with pytest.raises(UserError, match="unknown kernel benchmark 'nope'"):
         kernels_command(["nope"], as_json=True, quick=True)
+
+
+def test_quick_linear_and_end_to_end_rows():
+    result = kernels_command(["sparse_linear"], as_json=False, quick=True)
+    rows = {(r["op"], r["impl"], r["batch"], r["sparsity"]): r for r in result["rows"]}
+    assert {("sparse_linear", impl, 1, s) for impl in ("native sparse", "dense F.linear", "torch CSR (sparse mm)")
+            for s in (0.5, 0.9)} <= set(rows)
+    assert "dense F.linear path" in rows[("sparse_linear", "native sparse", 1, 0.5)]["note"]  # under the crossover
+    e2e = [r for r in result["rows"] if r["op"] == "end to end"]
+    assert [r["impl"] for r in e2e] == ["dense", "sparse path"]
+    assert e2e[0]["speedup"] == 1.0 and e2e[1]["median_ms"] > 0
+    assert e2e[1]["note"].startswith("3 of 3 layers past their sparsity crossover")
+    assert "classifier.fc2, classifier.fc3 dense below their batch floor" in e2e[1]["note"]

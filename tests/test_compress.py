@@ -121,20 +121,25 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
 
 
 def test_sparse_inference_run(tmp_path):
-    """--sparse-inference: pruned convs run the direct sparse kernel; counts and accuracy
-    are those of the same weights, and `info` says which layers run sparse."""
+    """--sparse-inference: pruned convs run the direct sparse kernel and the classifier the
+    sparse linear one; counts and accuracy are those of the same weights, and `info` says
+    which layers run sparse and times the sparse path beside its dense twin."""
     out = tmp_path / "o"
     assert cli("compress", "--model", "vgg11", "--model-opt", "width=0.25", "--data", "digits",
                "--baseline-epochs", "3", "--epochs", "2", "--set", "sparsity=0.9", "--sparse-inference", "--quiet",
                "--no-latency", "--out", out) == 0
     report = json.loads((out / "report.json").read_text())
     layers = report["sparse_inference"]
-    assert len(layers) == 8 and all(l["sparse"] for l in layers if l["sparsity"] >= 0.8)
+    assert len(layers) == 9 and all(l["sparse"] for l in layers if l["sparsity"] >= 0.9)
     assert report["final"]["sparsity"] >= 0.9
     assert report["final"]["params"] == report["baseline"]["params"]
     proc = run_slimkit("evaluate", out / "model.slim", "--json")
     assert json.loads(proc.stdout)["accuracy"] == report["final"]["accuracy"]
-    desc = json.loads(run_slimkit("info", out / "model.slim", "--json").stdout)
+    desc = json.loads(run_slimkit("info", out / "model.slim", "--json", "--latency").stdout)
     sparse_rows = [l for l in desc["layers"] if l["type"] == "SparseConv2d"]
     assert len(sparse_rows) == 8 and any(l["runs_sparse"] for l in sparse_rows)
+    assert [l["type"] for l in desc["layers"]].count("SparseLinear") == 1
+    # timed beside the same weights decoded dense, in one run (no speed asserted in tests)
+    assert desc["latency_ms"] > 0 and desc["latency_dense_ms"] > 0
+    assert desc["sparse_speedup"] == pytest.approx(desc["latency_dense_ms"] / desc["latency_ms"])
     assert desc["nonzero_params"] == report["final"]["nonzero_params"]

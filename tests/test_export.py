@@ -140,13 +140,16 @@ def test_user_errors(tmp_path, registry):
 
 
 def test_sparse_inference_layers_are_exported_dense(tmp_path):
-    conv_ops = pytest.importorskip("slimkit.ops.conv")
+    inference = pytest.importorskip("slimkit.ops.sparse_inference")
+    from slimkit.ops.csr import CSRLayer
+
     model = compressed_model(2)
     x, y = eager(model)
-    conv_ops.to_sparse_inference(model, min_sparsity=0.0)
-    assert any(isinstance(m, conv_ops.SparseConv2d) for m in model.modules())
+    inference.to_sparse_inference(model, min_sparsity=0.0)
+    kinds = {type(m).__name__ for m in model.modules() if isinstance(m, CSRLayer)}
+    assert kinds == {"SparseConv2d", "SparseLinear"}
     plain = ex.dense_model(model)
-    assert not any(isinstance(m, conv_ops.SparseConv2d) for m in plain.modules())
+    assert not any(isinstance(m, CSRLayer) for m in plain.modules())
     with torch.no_grad():
         assert torch.allclose(plain(x), y, atol=1e-5)
     ex.export_model(model, SHAPE, "torchscript", tmp_path / "s.pt")

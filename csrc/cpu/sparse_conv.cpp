@@ -35,13 +35,17 @@
 #include <string>
 #include <vector>
 
+#include "scratch.h"
 #include "sparse_conv_common.h"
-#include "sparse_conv_isa.h"
-#include "sparse_conv_kernel.h"
+#include "sparse_conv_dispatch.h"
 
 namespace slimkit {
 
 namespace {
+
+using sparse_dispatch::Isa;
+using sparse_dispatch::Kernel;
+using sparse_dispatch::select_isa;
 
 // Bytes of input window (one output tile x one block of input channels) that the
 // blocking aims to keep in L1 while every output channel passes over it.
@@ -52,30 +56,6 @@ struct Geometry {
   int64_t N, C, H, W, OC, kh, kw, sh, sw, ph, pw, dh, dw;
   int64_t Hp, Wp, Hq, Wq, OH, OW, plane, image, slack;
 };
-
-enum class Isa { base = 0, avx2 = 1, avx512 = 2 };
-
-// The widest kernel that is compiled, that ATen would use on this CPU (at::get_cpu_capability:
-// the CPU's best, or ATEN_CPU_CAPABILITY), and that SLIMKIT_CPU_CAPABILITY (default, avx2,
-// avx512; read per call, for tests and debugging) does not rule out.
-Isa select_isa() {
-  static const Isa best = [] {
-    const std::string cap = at::get_cpu_capability();
-    if (cap == "AVX512" && sparse_conv_isa::avx512_compiled()) return Isa::avx512;
-    if ((cap == "AVX512" || cap == "AVX2") && sparse_conv_isa::avx2_compiled()) return Isa::avx2;
-    return Isa::base;
-  }();
-  Isa isa = best;
-  if (const char* env = std::getenv("SLIMKIT_CPU_CAPABILITY")) {
-    if (std::strcmp(env, "default") == 0) isa = Isa::base;
-    else if (std::strcmp(env, "avx2") == 0 && isa > Isa::avx2) isa = Isa::avx2;
-  }
-  return isa;
-}
-
-const char* isa_name(Isa isa) {
-  return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "base";
-}
 
 template <typename scalar_t>
 void prepare_channel(const scalar_t* x, scalar_t* buf, const Geometry& g) {
@@ -107,39 +87,15 @@ void prepare_channel(const scalar_t* x, scalar_t* buf, const Geometry& g) {
 }
 
 // The prepared input: `size` elements that prepare_channel overwrites entirely,
-// then `slack` zeros that the last plane's over-reads land in.
+// then `slack` zeros that the last plane's over-reads land in. The memory is the
+// calling thread's scratch (scratch.h), reused from call to call.
 template <typename scalar_t>
 struct Buffer {
-  std::unique_ptr<scalar_t[]> mem;
-  Buffer(int64_t size, int64_t slack) : mem(new scalar_t[size + slack]) {
-    std::fill(mem.get() + size, mem.get() + size + slack, scalar_t(0));
+  ScratchBuffer<scalar_t> mem;
+  Buffer(int64_t size, int64_t slack) : mem(ScratchSlot::input, size + slack) {
+    std::fill(mem.data() + size, mem.data() + size + slack, scalar_t(0));
   }
-  scalar_t* data() const { return mem.get(); }
-};
-
-template <typename scalar_t>
-struct Kernel {
-  Isa isa;  // base for every dtype but float32
-  int64_t tile_len() const {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (isa == Isa::avx512) return sparse_conv_isa::tile_len_avx512();
-      if (isa == Isa::avx2) return sparse_conv_isa::tile_len_avx2();
-    }
-    return slimkit_sparse_tile_len<scalar_t>();
-  }
-  void tiles(const scalar_t* in, const int64_t* seg, int64_t ncb, const int64_t* off, const scalar_t* val,
-             const scalar_t* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1, const Geometry& g, scalar_t* y,
-             scalar_t* stage) const {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (isa == Isa::avx512)
-        return sparse_conv_isa::tiles_avx512(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, g.OH, g.OW, g.Wq, y,
-                                             stage);
-      if (isa == Isa::avx2)
-        return sparse_conv_isa::tiles_avx2(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, g.OH, g.OW, g.Wq, y,
-                                           stage);
-    }
-    slimkit_sparse_tiles<scalar_t>(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, g.OH, g.OW, g.Wq, y, stage);
-  }
+  scalar_t* data() const { return mem.data(); }
 };
 
 template <typename scalar_t>
@@ -241,12 +197,12 @@ void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const int64_t* col
   if (per_image) {
     at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
       Buffer<scalar_t> buf(g.image, g.slack);
-      std::vector<scalar_t> stage(g.OC * TL);
+      ScratchBuffer<scalar_t> stage(ScratchSlot::stage, g.OC * TL);
       for (int64_t n = n0; n < n1; ++n) {
         for (int64_t c = 0; c < g.C; ++c)
           prepare_channel<scalar_t>(xp + n * in_image + c * g.H * g.W, buf.data() + c * chan, g);
-        kernel.tiles(buf.data(), seg.data(), ncb, off.data(), val, bias, 0, g.OC, 0, ntiles, g,
-                     yp + n * out_image, stage.data());
+        kernel.tiles(buf.data(), seg.data(), ncb, off.data(), val, bias, 0, g.OC, 0, ntiles, g.OH, g.OW,
+                     g.Wq, yp + n * out_image, stage.data());
       }
     });
     return;
@@ -254,11 +210,11 @@ void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const int64_t* col
   const int64_t spatial = g.N * ntiles;
   const int64_t nocb = std::clamp<int64_t>((4 * threads + spatial - 1) / spatial, 1, std::max<int64_t>(1, g.OC / 16));
   at::parallel_for(0, spatial * nocb, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<scalar_t> stage(((g.OC + nocb - 1) / nocb) * TL);
+    ScratchBuffer<scalar_t> stage(ScratchSlot::stage, ((g.OC + nocb - 1) / nocb) * TL);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t ob = i % nocb, t = (i / nocb) % ntiles, n = i / (nocb * ntiles);
       kernel.tiles(all->data() + n * g.image, seg.data(), ncb, off.data(), val, bias, ob * g.OC / nocb,
-                   (ob + 1) * g.OC / nocb, t, t + 1, g, yp + n * out_image, stage.data());
+                   (ob + 1) * g.OC / nocb, t, t + 1, g.OH, g.OW, g.Wq, yp + n * out_image, stage.data());
     }
   });
 }
@@ -307,5 +263,5 @@ TORCH_LIBRARY_IMPL(slimkit, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(slimkit, CatchAll, m) {
-  m.impl("sparse_conv2d_cpu_isa", [] { return std::string(slimkit::isa_name(slimkit::select_isa())); });
+  m.impl("sparse_conv2d_cpu_isa", [] { return std::string(slimkit::sparse_dispatch::isa_name(slimkit::sparse_dispatch::select_isa())); });
 }

@@ -57,6 +57,11 @@ void tiles_avx2(const float* in, const int64_t* seg, int64_t ncb, const int64_t*
   slimkit_sparse_tiles<float>(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
 }
 
+bool gather_rows_avx2(const float* x, const int64_t* rp, const int32_t* ci, const float* val, const float* bias,
+                      float* y, int64_t N, int64_t K, int64_t OUT, int64_t o0, int64_t o1) {
+  return slimkit_sparse_gather_rows<float>(x, rp, ci, val, bias, y, N, K, OUT, o0, o1);
+}
+
 }  // namespace sparse_conv_isa
 }  // namespace slimkit
 
@@ -74,6 +79,10 @@ bool avx2_compiled() { return false; }
 int64_t tile_len_avx2() { return 0; }
 void tiles_avx2(const float*, const int64_t*, int64_t, const int64_t*, const float*, const float*, int64_t, int64_t,
                 int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*) {}
+bool gather_rows_avx2(const float*, const int64_t*, const int32_t*, const float*, const float*, float*, int64_t,
+                      int64_t, int64_t, int64_t, int64_t) {
+  return false;
+}
 }  // namespace sparse_conv_isa
 }  // namespace slimkit
 

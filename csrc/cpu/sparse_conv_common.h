@@ -19,6 +19,37 @@ inline void check_pair(at::IntArrayRef v, const char* name, int64_t min) {
   TORCH_CHECK(v[0] >= min && v[1] >= min, "sparse_conv2d: ", name, " must be >= ", min, ", got ", v);
 }
 
+// The CSR tensors and the bias of a sparse op with `rows` output units (named `rows_name`
+// in messages) against its input: devices, ranks, dtypes, layout and sizes.
+inline void check_csr_tensors(const char* op, const char* rows_name, const at::Tensor& input,
+                              const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values,
+                              int64_t rows, const std::optional<at::Tensor>& bias) {
+  for (const auto* t : {&row_ptr, &col_idx, &values}) {
+    TORCH_CHECK(t->defined(), op, ": CSR tensors must be defined");
+    TORCH_CHECK(t->device() == input.device(), op, ": CSR tensors must be on the input's device ", input.device(),
+                ", got ", t->device());
+    TORCH_CHECK(t->dim() == 1, op, ": CSR tensors must be 1-D, got ", t->dim(), "-D");
+    TORCH_CHECK(t->is_contiguous(), op, ": CSR tensors must be contiguous");
+  }
+  TORCH_CHECK(row_ptr.scalar_type() == at::kInt || row_ptr.scalar_type() == at::kLong, op,
+              ": row_ptr must be int32 or int64, got ", row_ptr.scalar_type());
+  TORCH_CHECK(col_idx.scalar_type() == at::kInt || col_idx.scalar_type() == at::kLong, op,
+              ": col_idx must be int32 or int64, got ", col_idx.scalar_type());
+  TORCH_CHECK(values.scalar_type() == input.scalar_type(), op, ": values dtype ", values.scalar_type(),
+              " does not match input dtype ", input.scalar_type());
+  TORCH_CHECK(row_ptr.numel() == rows + 1, op, ": row_ptr must have ", rows_name, " + 1 = ", rows + 1,
+              " entries, got ", row_ptr.numel());
+  TORCH_CHECK(col_idx.numel() == values.numel(), op, ": col_idx has ", col_idx.numel(), " entries but values has ",
+              values.numel());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device() == input.device(), op, ": bias must be on the input's device");
+    TORCH_CHECK(bias->dim() == 1 && bias->numel() == rows, op, ": bias must have shape (", rows, "), got ",
+                bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
+                " does not match input dtype ", input.scalar_type());
+  }
+}
+
 inline Args check_args(const at::Tensor& input, const at::Tensor& row_ptr, const at::Tensor& col_idx,
                        const at::Tensor& values, at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -33,30 +64,7 @@ inline Args check_args(const at::Tensor& input, const at::Tensor& row_ptr, const
   const int64_t OC = weight_shape[0], Cw = weight_shape[1], kh = weight_shape[2], kw = weight_shape[3];
   TORCH_CHECK(OC >= 1 && Cw >= 1 && kh >= 1 && kw >= 1, "sparse_conv2d: bad weight_shape ", weight_shape);
   TORCH_CHECK(input.size(1) == Cw, "sparse_conv2d: input has ", input.size(1), " channels, the weight expects ", Cw);
-  for (const auto* t : {&row_ptr, &col_idx, &values}) {
-    TORCH_CHECK(t->defined(), "sparse_conv2d: CSR tensors must be defined");
-    TORCH_CHECK(t->device() == input.device(), "sparse_conv2d: CSR tensors must be on the input's device ",
-                input.device(), ", got ", t->device());
-    TORCH_CHECK(t->dim() == 1, "sparse_conv2d: CSR tensors must be 1-D, got ", t->dim(), "-D");
-    TORCH_CHECK(t->is_contiguous(), "sparse_conv2d: CSR tensors must be contiguous");
-  }
-  TORCH_CHECK(row_ptr.scalar_type() == at::kInt || row_ptr.scalar_type() == at::kLong,
-              "sparse_conv2d: row_ptr must be int32 or int64, got ", row_ptr.scalar_type());
-  TORCH_CHECK(col_idx.scalar_type() == at::kInt || col_idx.scalar_type() == at::kLong,
-              "sparse_conv2d: col_idx must be int32 or int64, got ", col_idx.scalar_type());
-  TORCH_CHECK(values.scalar_type() == input.scalar_type(), "sparse_conv2d: values dtype ", values.scalar_type(),
-              " does not match input dtype ", input.scalar_type());
-  TORCH_CHECK(row_ptr.numel() == OC + 1, "sparse_conv2d: row_ptr must have out_channels + 1 = ", OC + 1,
-              " entries, got ", row_ptr.numel());
-  TORCH_CHECK(col_idx.numel() == values.numel(), "sparse_conv2d: col_idx has ", col_idx.numel(),
-              " entries but values has ", values.numel());
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->device() == input.device(), "sparse_conv2d: bias must be on the input's device");
-    TORCH_CHECK(bias->dim() == 1 && bias->numel() == OC, "sparse_conv2d: bias must have shape (", OC, "), got ",
-                bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "sparse_conv2d: bias dtype ", bias->scalar_type(),
-                " does not match input dtype ", input.scalar_type());
-  }
+  check_csr_tensors("sparse_conv2d", "out_channels", input, row_ptr, col_idx, values, OC, bias);
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
@@ -72,21 +80,23 @@ inline Args check_args(const at::Tensor& input, const at::Tensor& row_ptr, const
   return a;
 }
 
-// rp (OC+1) is a host int64 copy of row_ptr.
-inline void check_row_ptr(const int64_t* rp, int64_t OC, int64_t nnz) {
-  TORCH_CHECK(rp[0] == 0, "sparse_conv2d: row_ptr[0] must be 0, got ", rp[0]);
+// rp (OC+1) is a host int64 copy of row_ptr; op names the op in messages.
+inline void check_row_ptr(const int64_t* rp, int64_t OC, int64_t nnz, const char* op = "sparse_conv2d") {
+  TORCH_CHECK(rp[0] == 0, op, ": row_ptr[0] must be 0, got ", rp[0]);
   for (int64_t o = 0; o < OC; ++o)
-    TORCH_CHECK(rp[o + 1] >= rp[o], "sparse_conv2d: row_ptr must be non-decreasing (row_ptr[", o + 1, "] = ",
-                rp[o + 1], " < row_ptr[", o, "] = ", rp[o], ")");
-  TORCH_CHECK(rp[OC] == nnz, "sparse_conv2d: row_ptr[-1] = ", rp[OC], " but there are ", nnz, " nonzeros");
+    TORCH_CHECK(rp[o + 1] >= rp[o], op, ": row_ptr must be non-decreasing (row_ptr[", o + 1, "] = ", rp[o + 1],
+                " < row_ptr[", o, "] = ", rp[o], ")");
+  TORCH_CHECK(rp[OC] == nnz, op, ": row_ptr[-1] = ", rp[OC], " but there are ", nnz, " nonzeros");
 }
 
-// rp (OC+1) and ci (nnz) are host int64 copies of the CSR indices; K = C*kh*kw.
-inline void check_csr(const int64_t* rp, const int64_t* ci, int64_t OC, int64_t nnz, int64_t K) {
-  check_row_ptr(rp, OC, nnz);
+// rp (OC+1) and ci (nnz) are host int64 copies of the CSR indices; K = C*kh*kw
+// (the number of columns, named by `columns` in messages).
+inline void check_csr(const int64_t* rp, const int64_t* ci, int64_t OC, int64_t nnz, int64_t K,
+                      const char* op = "sparse_conv2d", const char* columns = "in_channels*kh*kw") {
+  check_row_ptr(rp, OC, nnz, op);
   for (int64_t z = 0; z < nnz; ++z)
-    TORCH_CHECK(ci[z] >= 0 && ci[z] < K, "sparse_conv2d: col_idx[", z, "] = ", ci[z],
-                " is outside [0, in_channels*kh*kw = ", K, ")");
+    TORCH_CHECK(ci[z] >= 0 && ci[z] < K, op, ": col_idx[", z, "] = ", ci[z], " is outside [0, ", columns, " = ", K,
+                ")");
 }
 
 }  // namespace sparse_conv

@@ -125,4 +125,67 @@ inline void slimkit_sparse_tiles(const scalar_t* in, const int64_t* seg, int64_t
   }
 }
 
+// sparse_linear at small batch (sparse_linear.cpp): rows [o0, o1) of y (N x OUT) =
+// x (N x K) W^T + bias, W in CSR with int32 columns; one sparse dot product per
+// (sample, row), VL nonzeros at a time with their inputs gathered, four vector
+// accumulators. A column outside [0, K) is clamped before the gather (so never read
+// out of bounds) and makes the call return false; the caller then raises.
+template <typename scalar_t>
+inline bool slimkit_sparse_gather_rows(const scalar_t* x, const int64_t* rp, const int32_t* ci, const scalar_t* val,
+                                       const scalar_t* bias, scalar_t* y, int64_t N, int64_t K, int64_t OUT,
+                                       int64_t o0, int64_t o1) {
+  static_assert(sizeof(scalar_t) == sizeof(int32_t), "gathers with int32 lanes: float32 only");
+  using Vec = at::vec::Vectorized<scalar_t>;
+  using IVec = at::vec::Vectorized<int32_t>;
+  constexpr int64_t VL = Vec::size();
+  static_assert(IVec::size() == VL, "one int32 index per float lane");
+  const int32_t kmax = int32_t(std::min<int64_t>(K, INT32_MAX) - 1);
+  const IVec lo(0), hi(kmax);
+  IVec bad(0);
+  bool bad_tail = false;
+  for (int64_t n = 0; n < N; ++n) {
+    const scalar_t* xn = x + n * K;
+    scalar_t* yn = y + n * OUT;
+    for (int64_t o = o0; o < o1; ++o) {
+      int64_t z = rp[o];
+      const int64_t end = rp[o + 1];
+      Vec acc0(scalar_t(0)), acc1(scalar_t(0)), acc2(scalar_t(0)), acc3(scalar_t(0));
+      for (; z + 4 * VL <= end; z += 4 * VL) {
+        const IVec i0 = IVec::loadu(ci + z), i1 = IVec::loadu(ci + z + VL);
+        const IVec i2 = IVec::loadu(ci + z + 2 * VL), i3 = IVec::loadu(ci + z + 3 * VL);
+        const IVec c0 = at::vec::clamp(i0, lo, hi), c1 = at::vec::clamp(i1, lo, hi);
+        const IVec c2 = at::vec::clamp(i2, lo, hi), c3 = at::vec::clamp(i3, lo, hi);
+        bad = bad | ((i0 != c0) | (i1 != c1)) | ((i2 != c2) | (i3 != c3));
+        acc0 = at::vec::fmadd(Vec::loadu(val + z), at::vec::gather<sizeof(scalar_t)>(xn, c0), acc0);
+        acc1 = at::vec::fmadd(Vec::loadu(val + z + VL), at::vec::gather<sizeof(scalar_t)>(xn, c1), acc1);
+        acc2 = at::vec::fmadd(Vec::loadu(val + z + 2 * VL), at::vec::gather<sizeof(scalar_t)>(xn, c2), acc2);
+        acc3 = at::vec::fmadd(Vec::loadu(val + z + 3 * VL), at::vec::gather<sizeof(scalar_t)>(xn, c3), acc3);
+      }
+      for (; z + VL <= end; z += VL) {
+        const IVec i0 = IVec::loadu(ci + z);
+        const IVec c0 = at::vec::clamp(i0, lo, hi);
+        bad = bad | (i0 != c0);
+        acc0 = at::vec::fmadd(Vec::loadu(val + z), at::vec::gather<sizeof(scalar_t)>(xn, c0), acc0);
+      }
+      scalar_t lanes[VL];
+      ((acc0 + acc1) + (acc2 + acc3)).store(lanes);
+      scalar_t sum = 0;
+      for (int64_t l = 0; l < VL; ++l) sum += lanes[l];
+      for (; z < end; ++z) {
+        const int32_t c = ci[z];
+        if (c < 0 || c > kmax) {
+          bad_tail = true;
+          continue;
+        }
+        sum += val[z] * xn[c];
+      }
+      yn[o] = (bias ? bias[o] : scalar_t(0)) + sum;
+    }
+  }
+  int32_t flags[VL];
+  bad.store(flags);
+  for (int64_t l = 0; l < VL; ++l) bad_tail = bad_tail || flags[l] != 0;
+  return !bad_tail;
+}
+
 }  // namespace

@@ -1,4 +1,5 @@
-// Raw-pointer launchers of the conv CUDA kernels (masked_conv.cu, sparse_conv.cu).
+// Raw-pointer launchers of the conv and sparse linear CUDA kernels (masked_conv.cu,
+// sparse_conv.cu, sparse_linear.cu).
 //
 // The .cu files include only the CUDA runtime, so they compile with nvcc against
 // any torch (the CPU wheel ships no usable c10/cuda headers); the TORCH_LIBRARY_IMPL
@@ -30,6 +31,14 @@ cudaError_t sparse_conv2d_f32(const float* x, const int64_t* row_ptr, const int6
                               const float* bias, float* y, const ConvShape& s, cudaStream_t stream);
 cudaError_t sparse_conv2d_f64(const double* x, const int64_t* row_ptr, const int64_t* col_idx, const double* values,
                               const double* bias, double* y, const ConvShape& s, cudaStream_t stream);
+
+// Sparse fully connected layer: y (N x OUT) = x (N x K) W^T + bias, W in CSR over OUT x K
+// (int64 indices, already validated). x, y contiguous; bias may be null.
+cudaError_t sparse_linear_f32(const float* x, const int64_t* row_ptr, const int64_t* col_idx, const float* values,
+                              const float* bias, float* y, int64_t N, int64_t K, int64_t OUT, cudaStream_t stream);
+cudaError_t sparse_linear_f64(const double* x, const int64_t* row_ptr, const int64_t* col_idx, const double* values,
+                              const double* bias, double* y, int64_t N, int64_t K, int64_t OUT,
+                              cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace slimkit

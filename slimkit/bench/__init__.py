@@ -2,7 +2,7 @@
 
 ``slimkit bench kernels`` and ``python benchmarks/kernels.py`` call
 :func:`kernels_command`. It runs the benchmark modules ``slimkit.bench.kd``,
-``slimkit.bench.gmm`` and ``slimkit.bench.conv`` (when present); each exposes
+``slimkit.bench.gmm``, ``slimkit.bench.conv`` and ``slimkit.bench.linear`` (when present); each exposes
 ``run(quick: bool) -> list[dict]`` returning one row per (case, implementation)::
 
     {"op": "kd_loss", "shape": "4096x1000", "impl": "native" | "eager" | "compile",
@@ -30,7 +30,8 @@ from typing import Any
 __all__ = ["kernels_command", "MODULES"]
 
 #: Benchmark modules by short name; a missing one (not written yet) is skipped.
-MODULES = {"kd": "slimkit.bench.kd", "gmm": "slimkit.bench.gmm", "conv": "slimkit.bench.conv"}
+MODULES = {"kd": "slimkit.bench.kd", "gmm": "slimkit.bench.gmm", "conv": "slimkit.bench.conv",
+           "linear": "slimkit.bench.linear"}
 
 
 def _available_modules() -> dict[str, str]:
@@ -43,7 +44,8 @@ def _select(ops: list[str] | None) -> dict[str, str]:
     available = _available_modules()
     if not ops:
         return available
-    aliases = {"kd_loss": "kd", "gmm_prior": "gmm", "masked_conv2d": "conv", "sparse_conv2d": "conv"}
+    aliases = {"kd_loss": "kd", "gmm_prior": "gmm", "masked_conv2d": "conv", "sparse_conv2d": "conv",
+               "sparse_linear": "linear", "e2e": "linear"}
     chosen: dict[str, str] = {}
     for op in ops:
         name = aliases.get(op, op)
@@ -103,7 +105,7 @@ def _print_table(result: dict[str, Any]) -> None:
              + f"; memcpy {result['memcpy_gbps']:.1f} GB/s"
              + (f"; load avg {m['load_avg_1min']:.1f}" if "load_avg_1min" in m else ""))
     table = Table(title=title, caption="kd_loss, gmm_prior: forward + backward, speed-up vs eager; "
-                                       "conv: speed-up vs dense conv2d (see each module)")
+                                       "conv: speed-up vs dense conv2d; linear, end to end: vs the dense twin (see each module)")
     for col in ("op", "shape", "impl", "median ms", "peak extra MB", "speed-up", "vs compile", "GB/s",
                 "% memcpy", "target", "met"):
         table.add_column(col, justify="left" if col in ("op", "shape", "impl", "target") else "right")

@@ -19,7 +19,8 @@ _MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 def _buffer_weights(model: nn.Module):
     """Modules that keep their weight (and maybe bias) in buffers, e.g. a CSR sparse conv:
-    they report the dense weight they stand for through ``weight_counts() -> (n, nonzero)``."""
+    they report the dense weight they stand for through ``weight_counts() -> (n, nonzero)``
+    (and its shape, output units first, as ``weight_shape``)."""
     for m in model.modules():
         if callable(getattr(m, "weight_counts", None)):
             bias = m._buffers.get("bias")
@@ -88,9 +89,9 @@ def count_macs(model: nn.Module, input_shape, *, layers: bool = False) -> dict:
 
     def hook(module, inputs, output):
         out = output[0] if isinstance(output, (tuple, list)) else output
-        if callable(getattr(module, "weight_counts", None)):  # weight held in buffers (sparse conv)
+        if callable(getattr(module, "weight_counts", None)):  # weight held in buffers (sparse conv / linear)
             n, nz = module.weight_counts()
-            positions = out.numel() // module.out_channels
+            positions = out.numel() // module.weight_shape[0]  # weight_shape[0]: output channels / features
             dense, nonzero = positions * n, positions * nz
         else:
             channels = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features

@@ -7,5 +7,7 @@ decides, and ``slimkit doctor`` says which is active.
 from slimkit.ops.kd import kd_loss
 from slimkit.ops.gmm import gmm_prior
 from slimkit.ops.conv import SparseConvWeight, masked_conv2d, sparse_conv2d
+from slimkit.ops.linear import SparseLinearWeight, sparse_linear
 
-__all__ = ["kd_loss", "gmm_prior", "masked_conv2d", "sparse_conv2d", "SparseConvWeight"]
+__all__ = ["kd_loss", "gmm_prior", "masked_conv2d", "sparse_conv2d", "SparseConvWeight", "sparse_linear",
+           "SparseLinearWeight"]

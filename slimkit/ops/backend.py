@@ -246,19 +246,35 @@ def use_native(tensor: torch.Tensor, op: str | None = None) -> bool:
     for its device (for ``op``, e.g. ``"slimkit::kd_loss_forward"``, or for any slimkit op).
 
     Under torch.compile the answer is taken as a constant of the traced graph."""
-    return _native_for_device(tensor.device.type, op)
+    # is_cpu / is_cuda are attribute reads; tensor.device builds a Python object (per call, in hot paths)
+    device_type = "cpu" if tensor.is_cpu else "cuda" if tensor.is_cuda else tensor.device.type
+    return _native_for_device(device_type, op)
+
+
+# Answers of _native_for_device by (SLIMKIT_KERNELS, device type, op): asking the dispatcher
+# takes microseconds, as long as a small sparse layer's whole kernel; the answer can only
+# change with SLIMKIT_KERNELS (or _reset_for_tests).
+_answers: dict[tuple, bool] = {}
 
 
 @torch.compiler.assume_constant_result
 def _native_for_device(device_type: str, op: str | None) -> bool:
-    if not native_available():
-        return False
-    key = _DISPATCH_KEYS.get(device_type)
-    if key is None:
-        return False
-    if op is not None:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
-    return any(name.startswith("slimkit::") for name in torch._C._dispatch_get_registrations_for_dispatch_key(key))
+    cache_key = (os.environ.get(ENV_KERNELS), device_type, op)
+    answer = _answers.get(cache_key)
+    if answer is not None:
+        return answer
+    answer = native_available()
+    if answer:
+        key = _DISPATCH_KEYS.get(device_type)
+        if key is None:
+            answer = False
+        elif op is not None:
+            answer = torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+        else:
+            answer = any(name.startswith("slimkit::")
+                         for name in torch._C._dispatch_get_registrations_for_dispatch_key(key))
+    _answers[cache_key] = answer
+    return answer
 
 
 def _reset_for_tests() -> None:
@@ -266,3 +282,4 @@ def _reset_for_tests() -> None:
     global _state
     with _lock:
         _state = None
+        _answers.clear()

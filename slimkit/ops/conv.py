@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from slimkit.nn.spec import serializable
 from slimkit.ops import backend
+from slimkit.ops.csr import CSRLayer, CSRWeight
 
 __all__ = ["SPARSE_MIN_SPARSITY", "SPARSE_MIN_SPARSITY_WIDE", "WIDE_FAN_IN", "default_min_sparsity", "masked_conv2d",
            "masked_conv2d_reference", "sparse_conv2d", "sparse_conv2d_reference", "SparseConvWeight", "SparseConv2d",
-           "SparseLayerReport", "to_sparse_inference"]
+           "unsupported_reason"]
 
 #: Sparsity (fraction of zero weights) from which ``sparse_conv2d`` runs the direct
 #: sparse kernel instead of dense ``conv2d``, for layers with fan-in in*kh*kw below
@@ -209,7 +210,7 @@ def masked_conv2d(input, weight, mask, bias=None, stride=1, padding=0, dilation=
 # ---------------------------------------------------------------------------------------
 # sparse_conv2d
 
-class SparseConvWeight:
+class SparseConvWeight(CSRWeight):
     """A conv weight (out, in, kh, kw) in CSR over out x (in*kh*kw), for :func:`sparse_conv2d`.
 
     ``row_ptr`` (out+1) and ``col_idx`` (nnz) are int32 or int64, ``values`` (nnz) float;
@@ -219,93 +220,14 @@ class SparseConvWeight:
     dense ``conv2d``, and ``reason`` says why.
     """
 
-    def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor, shape,
-                 min_sparsity: float | None = None, validate: bool = True):
-        self.shape = torch.Size(int(s) for s in shape)
-        self.row_ptr, self.col_idx, self.values = row_ptr, col_idx, values
-        if validate:
-            self._validate()
-        self.min_sparsity = default_min_sparsity(self.shape) if min_sparsity is None else float(min_sparsity)
-        if not 0.0 <= self.min_sparsity <= 1.0:
-            raise ValueError(f"min_sparsity must be in [0, 1], got {self.min_sparsity}")
-        numel = math.prod(self.shape)
-        self.nnz = int(values.numel())
-        self.density = self.nnz / numel if numel else 0.0
-        self._dense = None
-        if self.sparsity >= self.min_sparsity - 1e-4:  # "pruned to 70 %" may round to 69.999 %
-            self.uses_sparse = True
-            self.reason = (f"sparsity {self.sparsity:.1%} >= {self.min_sparsity:.0%}: direct sparse convolution "
-                           f"({self.nnz} of {numel} weights)")
-        else:
-            self.uses_sparse = False
-            self.reason = (f"sparsity {self.sparsity:.1%} < {self.min_sparsity:.0%}, below which the direct sparse "
-                           "kernel is not faster than dense: dense conv2d")
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
-
-    def _validate(self):
-        shape, rp, ci, v = self.shape, self.row_ptr, self.col_idx, self.values
-        if len(shape) != 4 or min(shape) < 1:
-            raise ValueError(f"SparseConvWeight: shape must be (out, in, kh, kw) of positive sizes, got {tuple(shape)}")
-        for name, t in (("row_ptr", rp), ("col_idx", ci)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"SparseConvWeight: {name} must be a 1-D int32/int64 tensor")
-        if not isinstance(v, torch.Tensor) or v.dim() != 1 or not v.is_floating_point():
-            raise ValueError("SparseConvWeight: values must be a 1-D floating tensor")
-        if not (rp.device == ci.device == v.device):
-            raise ValueError("SparseConvWeight: row_ptr, col_idx and values must be on one device")
-        if rp.numel() != shape[0] + 1:
-            raise ValueError(f"SparseConvWeight: row_ptr has {rp.numel()} entries, expected out_channels + 1 = "
-                             f"{shape[0] + 1}")
-        if ci.numel() != v.numel():
-            raise ValueError(f"SparseConvWeight: col_idx has {ci.numel()} entries but values has {v.numel()}")
-        if int(rp[0]) != 0 or int(rp[-1]) != v.numel() or bool((rp[1:] < rp[:-1]).any()):
-            raise ValueError("SparseConvWeight: row_ptr must start at 0, be non-decreasing and end at nnz")
-        k = shape[1] * shape[2] * shape[3]
-        if ci.numel() and (int(ci.min()) < 0 or int(ci.max()) >= k):
-            raise ValueError(f"SparseConvWeight: col_idx must lie in [0, in*kh*kw = {k})")
+    rank = 4
+    shape_doc = "(out, in, kh, kw)"
+    kernel_doc = "direct sparse convolution"
+    dense_doc = "dense conv2d"
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, min_sparsity: float | None = None,
-                   index_dtype: torch.dtype = torch.int32) -> "SparseConvWeight":
-        """CSR of ``weight`` (out, in, kh, kw): exact zeros are dropped, everything else kept."""
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or not weight.is_floating_point():
-            raise ValueError("SparseConvWeight.from_dense expects a 4-D floating weight (out, in, kh, kw)")
-        if index_dtype not in (torch.int32, torch.int64):
-            raise ValueError("index_dtype must be torch.int32 or torch.int64")
-        w = weight.detach()
-        flat = w.reshape(w.shape[0], -1)
-        nz = flat != 0
-        row_ptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64, device=w.device)
-        row_ptr[1:] = nz.sum(1).cumsum(0)
-        col_idx = nz.nonzero()[:, 1]  # row-major order: sorted by column within each row
-        values = flat[nz].contiguous()
-        return cls(row_ptr.to(index_dtype), col_idx.to(index_dtype).contiguous(), values, w.shape, min_sparsity,
-                   validate=False)
-
-    def to_dense(self) -> torch.Tensor:
-        """The dense (out, in, kh, kw) weight (cached)."""
-        if self._dense is None:
-            out, k = self.shape[0], math.prod(self.shape[1:])
-            rows = torch.repeat_interleave(torch.arange(out, device=self.values.device),
-                                           (self.row_ptr[1:] - self.row_ptr[:-1]).long())
-            dense = torch.zeros(out, k, dtype=self.values.dtype, device=self.values.device)
-            dense[rows, self.col_idx.long()] = self.values
-            self._dense = dense.reshape(self.shape)
-        return self._dense
-
-    def to(self, *args, **kwargs) -> "SparseConvWeight":
-        """A copy with ``values`` converted like ``Tensor.to`` (indices follow the device only)."""
-        values = self.values.to(*args, **kwargs)
-        dev = values.device
-        return SparseConvWeight(self.row_ptr.to(dev), self.col_idx.to(dev), values, self.shape, self.min_sparsity,
-                                validate=False)
-
-    def __repr__(self):
-        return (f"SparseConvWeight(shape={tuple(self.shape)}, nnz={self.nnz}, density={self.density:.3f}, "
-                f"uses_sparse={self.uses_sparse})")
+    def default_min_sparsity(cls, shape) -> float:
+        return default_min_sparsity(shape)
 
 
 def sparse_conv2d_reference(input, sparse_weight: SparseConvWeight, bias=None, stride=1, padding=0, dilation=1):
@@ -340,12 +262,14 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
 # Inference module and model conversion
 
 @serializable
-class SparseConv2d(nn.Module):
+class SparseConv2d(CSRLayer):
     """Inference-only conv2d holding a CSR weight (buffers ``row_ptr``, ``col_idx``, ``values``, ``bias``).
 
     Build it with :meth:`from_conv`; the state_dict holds the CSR tensors, whose sizes
     depend on the weights, so loading resizes them.
     """
+
+    weight_class = SparseConvWeight
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  min_sparsity=None):
@@ -355,28 +279,18 @@ class SparseConv2d(nn.Module):
         self.stride = tuple(_pair(stride, "stride"))
         self.padding = tuple(_pair(padding, "padding"))
         self.dilation = tuple(_pair(dilation, "dilation"))
-        self.min_sparsity = min_sparsity
-        self.register_buffer("row_ptr", torch.zeros(self.out_channels + 1, dtype=torch.int32))
-        self.register_buffer("col_idx", torch.zeros(0, dtype=torch.int32))
-        self.register_buffer("values", torch.zeros(0))
-        self.register_buffer("bias", torch.zeros(self.out_channels) if bias else None)
-        self._sw_cache = None
+        self._init_csr(self.out_channels, bias, min_sparsity)
 
     @property
     def weight_shape(self):
         return (self.out_channels, self.in_channels, *self.kernel_size)
-
-    def weight_counts(self) -> tuple[int, int]:
-        """(elements, non-zeros) of the dense weight this layer stands for. slimkit's counters
-        (parameters, non-zeros, MACs, sparsity) use it because the weight lives in buffers."""
-        return math.prod(self.weight_shape), int(torch.count_nonzero(self.values))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, min_sparsity: float | None = None) -> "SparseConv2d":
         """From an ``nn.Conv2d`` or ``MaskedConv2d`` (whose weight is taken times its mask)."""
         from slimkit.nn.masked import MaskedMixin
 
-        problem = _unsupported(conv)
+        problem = unsupported_reason(conv)
         if problem:
             raise ValueError(f"cannot convert to SparseConv2d: {problem}")
         weight = conv.weight.detach()
@@ -385,40 +299,15 @@ class SparseConv2d(nn.Module):
         pad = _resolve_padding(conv.padding, conv.kernel_size, conv.dilation)
         m = cls(conv.in_channels, conv.out_channels, list(conv.kernel_size), list(conv.stride), pad,
                 list(conv.dilation), conv.bias is not None, min_sparsity)
-        sw = SparseConvWeight.from_dense(weight, min_sparsity)
-        m.row_ptr, m.col_idx, m.values = sw.row_ptr, sw.col_idx, sw.values
-        if conv.bias is not None:
-            m.bias = conv.bias.detach().clone()
+        m._set_weight(weight, conv.bias)
         return m
 
-    @property
-    def sparse_weight(self) -> SparseConvWeight:
-        key = tuple((t.data_ptr(), t.dtype, t.device, t.shape) for t in (self.row_ptr, self.col_idx, self.values))
-        if self._sw_cache is None or self._sw_cache[0] != key:
-            sw = SparseConvWeight(self.row_ptr, self.col_idx, self.values, self.weight_shape, self.min_sparsity)
-            self._sw_cache = (key, sw)
-        return self._sw_cache[1]
+    def dense_layer(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, bias=self.bias is not None)
 
     def forward(self, x):
         return sparse_conv2d(x, self.sparse_weight, self.bias, self.stride, self.padding, self.dilation)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # The CSR sizes depend on the weights: take the incoming ones before the copy.
-        for name in ("row_ptr", "col_idx", "values"):
-            t = state_dict.get(prefix + name)
-            cur = getattr(self, name)
-            if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape != cur.shape:
-                dtype = t.dtype if name != "values" and t.dtype in (torch.int32, torch.int64) else cur.dtype
-                setattr(self, name, torch.empty(t.shape, dtype=dtype, device=cur.device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        self._sw_cache = None
-        if not error_msgs:
-            try:
-                self.sparse_weight  # validate the loaded CSR now, with a clear message
-            except ValueError as exc:
-                error_msgs.append(f"{prefix or 'SparseConv2d'}: {exc}")
 
     def extra_repr(self):
         sw = self.sparse_weight
@@ -427,7 +316,7 @@ class SparseConv2d(nn.Module):
                 f"sparsity={sw.sparsity:.3f}, uses_sparse={sw.uses_sparse}")
 
 
-def _unsupported(conv) -> str | None:
+def unsupported_reason(conv) -> str | None:
     """Why ``conv`` cannot become a SparseConv2d, or None."""
     if not isinstance(conv, nn.Conv2d):
         return f"{type(conv).__name__} is not a Conv2d"
@@ -438,50 +327,3 @@ def _unsupported(conv) -> str | None:
     if _resolve_padding(conv.padding, conv.kernel_size, conv.dilation) is None:
         return "asymmetric 'same' padding, kept dense"
     return None
-
-
-class SparseLayerReport(tuple):
-    """One conv of :func:`to_sparse_inference`: a (name, uses_sparse, sparsity) tuple with ``.reason``."""
-
-    def __new__(cls, name: str, uses_sparse: bool, sparsity: float, reason: str = ""):
-        self = super().__new__(cls, (name, bool(uses_sparse), float(sparsity)))
-        self.reason = reason
-        return self
-
-    name = property(lambda self: self[0])
-    uses_sparse = property(lambda self: self[1])
-    sparsity = property(lambda self: self[2])
-
-    def __repr__(self):
-        return (f"SparseLayerReport(name={self[0]!r}, uses_sparse={self[1]}, sparsity={self[2]:.3f}, "
-                f"reason={self.reason!r})")
-
-
-def to_sparse_inference(model: nn.Module, min_sparsity: float | None = None) -> list[SparseLayerReport]:
-    """Replace every convertible Conv2d/MaskedConv2d of ``model`` by a :class:`SparseConv2d`, in place.
-
-    Returns one (name, uses_sparse, sparsity) per conv layer, with ``.reason``. Layers
-    under ``min_sparsity`` (default :func:`default_min_sparsity` per layer) become SparseConv2d too
-    but run dense conv2d; grouped convs and non-zero padding modes stay as they are.
-    """
-    from slimkit.nn.masked import MaskedMixin
-
-    reports = []
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Conv2d):
-                continue
-            full = f"{parent_name}.{name}" if parent_name else name
-            weight = child.weight.detach()
-            if isinstance(child, MaskedMixin):
-                weight = weight * child.weight_mask
-            sparsity = float((weight == 0).sum()) / weight.numel() if weight.numel() else 0.0
-            problem = _unsupported(child)
-            if problem:
-                reports.append(SparseLayerReport(full, False, sparsity, problem))
-                continue
-            new = SparseConv2d.from_conv(child, min_sparsity)
-            parent._modules[name] = new
-            sw = new.sparse_weight
-            reports.append(SparseLayerReport(full, sw.uses_sparse, sw.sparsity, sw.reason))
-    return reports

@@ -1,0 +1,135 @@
+"""Benchmarks of sparse_linear (inference) and of whole pruned models through the sparse path.
+
+``run(quick)`` returns rows in the format of :mod:`slimkit.bench` plus ``batch``,
+``sparsity``, ``threads`` and ``speedup`` (vs the dense twin, this module's baseline):
+
+- ``sparse_linear`` forward, 784 -> 300 (LeNet-300-100's fc1), fp32, batch 1 and 64, at
+  0.5 - 0.95 sparsity: ``native sparse`` (``sparse_linear`` with its default crossovers,
+  so below them this row is the dense path it picks; ``note`` says which), ``dense
+  F.linear`` on the same pruned weight and ``torch CSR (sparse mm)`` (a torch.sparse_csr
+  matmul, the stock alternative);
+- ``end to end``: LeNet-300-100 (input 1x28x28) and VGG-11 at width 0.5 (1x28x28, 10
+  classes: the MNIST model of docs/BENCHMARKS.md) with every conv and linear weight
+  magnitude-pruned to 90 % (layer-wise, random init: speed depends on the sparsity
+  pattern's density, not on training), converted with ``to_sparse_inference`` (``sparse
+  path``) against the same weights as plain Conv2d/Linear (``dense``), batch 1 and 64.
+  These are the models ``slimkit info --latency`` times; the rows here are measured the
+  same way (:func:`slimkit.measure.measure_latency`: interleaved medians).
+
+Target (full run): every end-to-end row of the sparse path faster than dense (speed-up
+> 1). ``quick``: batch 1 only, LeNet-300-100 only, no targets.
+"""
+from __future__ import annotations
+
+import statistics
+import warnings
+
+__all__ = ["run"]
+
+OUT, IN = 300, 784
+
+
+def _prune_(model, sparsity: float) -> None:
+    """Layer-wise magnitude pruning of every Conv2d/Linear weight, in place."""
+    import torch
+    import torch.nn as nn
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                w = m.weight
+                k = int(round(w.numel() * sparsity))
+                if k:
+                    w.mul_(w.abs() > w.abs().flatten().kthvalue(k).values)
+
+
+def _row(op, shape, impl, batch, sparsity, samples_ms, baseline_ms, target=None, met=None, note=""):
+    import torch
+
+    med = statistics.median(samples_ms)
+    return {"op": op, "shape": shape, "impl": impl, "batch": batch, "sparsity": sparsity,
+            "threads": torch.get_num_threads(), "median_ms": med, "ms": round(med, 4), "min_ms": min(samples_ms),
+            "repeats": len(samples_ms), "peak_extra_mb": None, "bytes": None, "speedup": baseline_ms / med,
+            "speedup_vs_eager": None, "speedup_vs_compile": None, "target": target, "target_met": met, "note": note}
+
+
+def _op_rows(batch: int, sparsities, quick: bool) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from slimkit.bench._common import native_note
+    from slimkit.bench.timing import interleaved_times
+    from slimkit.ops.linear import SparseLinearWeight, sparse_linear
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, IN, generator=gen)
+    w0 = torch.randn(OUT, IN, generator=gen)
+    b = torch.randn(OUT, generator=gen)
+    native_ok, why = native_note(x, "slimkit::sparse_linear")
+    rows = []
+    for sparsity in sparsities:
+        w = w0.clone()
+        k = int(round(w.numel() * sparsity))
+        if k:
+            w = w * (w.abs() > w.abs().flatten().kthvalue(k).values)
+        sw = SparseLinearWeight.from_dense(w)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            csr = w.to_sparse_csr()
+            fns = {"native sparse": lambda sw=sw: sparse_linear(x, sw, b),
+                   "dense F.linear": lambda w=w: F.linear(x, w, b),
+                   "torch CSR (sparse mm)": lambda csr=csr: torch.sparse.mm(csr, x.t()).t() + b}
+            samples = interleaved_times(fns, warmup=3 if quick else 20, repeats=5 if quick else 201)
+        path = "sparse kernel" if sw.uses_sparse and native_ok else "dense F.linear path"
+        dense = statistics.median(samples["dense F.linear"])
+        for impl, s in samples.items():
+            note = f"{path}: {sw.reason}" + ("" if native_ok else f"; {why}") if impl == "native sparse" else ""
+            rows.append(_row("sparse_linear", f"{OUT}x{IN} fp32", impl, batch, sparsity, s, dense, note=note))
+    return rows
+
+
+def _model_rows(name: str, build, batches, quick: bool) -> list[dict]:
+    import copy
+
+    import torch
+
+    from slimkit.measure import measure_latency
+    from slimkit.ops.sparse_inference import to_sparse_inference
+
+    dense = build().eval()
+    _prune_(dense, 0.9)
+    sparse = copy.deepcopy(dense)
+    reports = to_sparse_inference(sparse)
+    n_sparse = sum(r.uses_sparse for r in reports)
+    small = [r.name for r in reports if "calls with batch <" in r.reason]
+    rows = []
+    for batch in batches:
+        with torch.inference_mode():
+            # measure_latency (what `slimkit info --latency` uses) interleaves the two and returns medians
+            lat = measure_latency({"dense": dense, "sparse path": sparse}, (1, 28, 28), batch_size=batch,
+                                  warmup=3 if quick else 20, repeats=5 if quick else 200)
+        for impl in ("dense", "sparse path"):
+            target = None if quick or impl == "dense" else "faster than dense"
+            met = None if target is None else bool(lat["dense"] > lat[impl])
+            note = (f"{n_sparse} of {len(reports)} layers past their sparsity crossover"
+                    + (f" ({', '.join(small)} dense below their batch floor)" if small else "")
+                    if impl == "sparse path" else "same weights as plain Conv2d/Linear")
+            rows.append(_row("end to end", f"{name} 90% pruned", impl, batch, 0.9, [lat[impl]], lat["dense"],
+                             target, met, note))
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Benchmark rows (see the module docstring)."""
+    from slimkit.models.lenet import lenet300
+    from slimkit.models.vgg import vgg11
+
+    sparsities = (0.5, 0.9) if quick else (0.5, 0.7, 0.8, 0.9, 0.95)
+    rows = []
+    for batch in ((1,) if quick else (1, 64)):
+        rows += _op_rows(batch, sparsities, quick)
+    batches = (1,) if quick else (1, 64)
+    rows += _model_rows("LeNet-300-100", lambda: lenet300((1, 28, 28), 10, seed=0), batches, quick)
+    if not quick:
+        rows += _model_rows("VGG-11 w0.5", lambda: vgg11((1, 28, 28), 10, width=0.5, seed=0), batches, quick)
+    return rows

@@ -1,0 +1,212 @@
+"""CSR weights and the inference layers that hold them, shared by sparse_conv2d and sparse_linear.
+
+A pruned weight of shape (out, *fan_in) is stored in CSR over out x prod(fan_in):
+``row_ptr`` (out+1), ``col_idx`` and ``values`` (nnz). :class:`CSRWeight` validates and
+converts it, and decides, from its sparsity, whether the sparse kernel runs at all
+(``uses_sparse``, with ``reason``); :class:`CSRLayer` is what the inference modules
+(:class:`slimkit.ops.conv.SparseConv2d`, :class:`slimkit.ops.linear.SparseLinear`) have in
+common: CSR buffers whose sizes follow the loaded weights, the counts slimkit's
+counters read, and a plain dense twin for export and size comparisons.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CSRWeight", "CSRLayer"]
+
+
+class CSRWeight:
+    """A weight (out, *fan_in) in CSR over out x prod(fan_in).
+
+    ``row_ptr`` (out+1) and ``col_idx`` (nnz) are int32 or int64, ``values`` (nnz) float;
+    rows are output units, columns the flattened fan-in. ``density`` is nnz over the
+    weight's size; ``uses_sparse`` says whether the sparse kernel runs (sparsity >=
+    ``min_sparsity``, default :meth:`default_min_sparsity`) or the dense op does, and
+    ``reason`` says why. Subclasses fix the rank and the default crossover.
+    """
+
+    #: Number of dimensions of the dense weight, and how to name them in messages.
+    rank = 2
+    shape_doc = "(out, in)"
+    #: What the sparse kernel is called in ``reason``.
+    kernel_doc = "sparse kernel"
+    dense_doc = "dense op"
+
+    def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor, shape,
+                 min_sparsity: float | None = None, validate: bool = True):
+        self.shape = torch.Size(int(s) for s in shape)
+        self.row_ptr, self.col_idx, self.values = row_ptr, col_idx, values
+        if validate:
+            self._validate()
+        self.min_sparsity = self.default_min_sparsity(self.shape) if min_sparsity is None else float(min_sparsity)
+        if not 0.0 <= self.min_sparsity <= 1.0:
+            raise ValueError(f"min_sparsity must be in [0, 1], got {self.min_sparsity}")
+        numel = math.prod(self.shape)
+        self.shape_list = list(self.shape)  # the ops' int[] argument, built once
+        self.nnz = int(values.numel())
+        self.density = self.nnz / numel if numel else 0.0
+        self._dense = None
+        if self.sparsity >= self.min_sparsity - 1e-4:  # "pruned to 70 %" may round to 69.999 %
+            self.uses_sparse = True
+            self.reason = (f"sparsity {self.sparsity:.1%} >= {self.min_sparsity:.0%}: {self.kernel_doc} "
+                           f"({self.nnz} of {numel} weights)")
+        else:
+            self.uses_sparse = False
+            self.reason = (f"sparsity {self.sparsity:.1%} < {self.min_sparsity:.0%}, below which the "
+                           f"{self.kernel_doc} is not faster than dense: {self.dense_doc}")
+
+    @classmethod
+    def default_min_sparsity(cls, shape) -> float:
+        raise NotImplementedError
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def _validate(self):
+        name, shape, rp, ci, v = type(self).__name__, self.shape, self.row_ptr, self.col_idx, self.values
+        if len(shape) != self.rank or min(shape) < 1:
+            raise ValueError(f"{name}: shape must be {self.shape_doc} of positive sizes, got {tuple(shape)}")
+        for tname, t in (("row_ptr", rp), ("col_idx", ci)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{name}: {tname} must be a 1-D int32/int64 tensor")
+        if not isinstance(v, torch.Tensor) or v.dim() != 1 or not v.is_floating_point():
+            raise ValueError(f"{name}: values must be a 1-D floating tensor")
+        if not (rp.device == ci.device == v.device):
+            raise ValueError(f"{name}: row_ptr, col_idx and values must be on one device")
+        if rp.numel() != shape[0] + 1:
+            raise ValueError(f"{name}: row_ptr has {rp.numel()} entries, expected {shape[0] + 1} (rows + 1)")
+        if ci.numel() != v.numel():
+            raise ValueError(f"{name}: col_idx has {ci.numel()} entries but values has {v.numel()}")
+        if int(rp[0]) != 0 or int(rp[-1]) != v.numel() or bool((rp[1:] < rp[:-1]).any()):
+            raise ValueError(f"{name}: row_ptr must start at 0, be non-decreasing and end at nnz")
+        k = math.prod(shape[1:])
+        if ci.numel() and (int(ci.min()) < 0 or int(ci.max()) >= k):
+            raise ValueError(f"{name}: col_idx must lie in [0, {k}) (the flattened fan-in)")
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, min_sparsity: float | None = None,
+                   index_dtype: torch.dtype = torch.int32):
+        """CSR of ``weight``: exact zeros are dropped, everything else kept."""
+        if not isinstance(weight, torch.Tensor) or weight.dim() != cls.rank or not weight.is_floating_point():
+            raise ValueError(f"{cls.__name__}.from_dense expects a {cls.rank}-D floating weight {cls.shape_doc}")
+        if index_dtype not in (torch.int32, torch.int64):
+            raise ValueError("index_dtype must be torch.int32 or torch.int64")
+        w = weight.detach()
+        flat = w.reshape(w.shape[0], -1)
+        nz = flat != 0
+        row_ptr = torch.zeros(w.shape[0] + 1, dtype=torch.int64, device=w.device)
+        row_ptr[1:] = nz.sum(1).cumsum(0)
+        col_idx = nz.nonzero()[:, 1]  # row-major order: sorted by column within each row
+        values = flat[nz].contiguous()
+        return cls(row_ptr.to(index_dtype), col_idx.to(index_dtype).contiguous(), values, w.shape, min_sparsity,
+                   validate=False)
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense weight (cached)."""
+        if self._dense is None:
+            out, k = self.shape[0], math.prod(self.shape[1:])
+            rows = torch.repeat_interleave(torch.arange(out, device=self.values.device),
+                                           (self.row_ptr[1:] - self.row_ptr[:-1]).long())
+            dense = torch.zeros(out, k, dtype=self.values.dtype, device=self.values.device)
+            dense[rows, self.col_idx.long()] = self.values
+            self._dense = dense.reshape(self.shape)
+        return self._dense
+
+    def to(self, *args, **kwargs):
+        """A copy with ``values`` converted like ``Tensor.to`` (indices follow the device only)."""
+        values = self.values.to(*args, **kwargs)
+        dev = values.device
+        return type(self)(self.row_ptr.to(dev), self.col_idx.to(dev), values, self.shape, self.min_sparsity,
+                          validate=False)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(shape={tuple(self.shape)}, nnz={self.nnz}, density={self.density:.3f}, "
+                f"uses_sparse={self.uses_sparse})")
+
+
+class CSRLayer(nn.Module):
+    """Base of the inference-only layers that hold a :class:`CSRWeight` in buffers
+    ``row_ptr``, ``col_idx``, ``values`` (and ``bias``).
+
+    Subclasses set ``weight_class`` and define ``weight_shape`` and ``to_dense_module``.
+    The CSR sizes depend on the weights, so loading a state_dict resizes the buffers
+    and validates the result (a corrupt file is an error message, not a crash).
+    """
+
+    weight_class: type[CSRWeight] = CSRWeight
+
+    def _init_csr(self, rows: int, bias: bool, min_sparsity: float | None) -> None:
+        self.min_sparsity = min_sparsity
+        self.register_buffer("row_ptr", torch.zeros(rows + 1, dtype=torch.int32))
+        self.register_buffer("col_idx", torch.zeros(0, dtype=torch.int32))
+        self.register_buffer("values", torch.zeros(0))
+        self.register_buffer("bias", torch.zeros(rows) if bias else None)
+        self._sw_cache = None
+
+    @property
+    def weight_shape(self) -> tuple:
+        raise NotImplementedError
+
+    def _set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        sw = self.weight_class.from_dense(weight, self.min_sparsity)
+        self.row_ptr, self.col_idx, self.values = sw.row_ptr, sw.col_idx, sw.values
+        if bias is not None:
+            self.bias = bias.detach().clone()
+
+    def weight_counts(self) -> tuple[int, int]:
+        """(elements, non-zeros) of the dense weight this layer stands for. slimkit's counters
+        (parameters, non-zeros, MACs, sparsity) use it because the weight lives in buffers."""
+        return math.prod(self.weight_shape), int(torch.count_nonzero(self.values))
+
+    @property
+    def sparse_weight(self) -> CSRWeight:
+        # Rebuilt (and validated) only when a buffer is replaced or modified in place; the
+        # check runs on every forward, so it is written out (a small layer's kernel takes a few us).
+        buffers = self._buffers
+        rp, ci, v = buffers["row_ptr"], buffers["col_idx"], buffers["values"]
+        c = self._sw_cache
+        if (c is None or c[0] is not rp or c[1] is not ci or c[2] is not v or c[3] != rp._version
+                or c[4] != ci._version or c[5] != v._version):
+            sw = self.weight_class(rp, ci, v, self.weight_shape, self.min_sparsity)
+            self._sw_cache = c = (rp, ci, v, rp._version, ci._version, v._version, sw)
+        return c[6]
+
+    def dense_layer(self) -> nn.Module:
+        """A new plain layer (nn.Conv2d, nn.Linear) of this one's shape and hyper-parameters."""
+        raise NotImplementedError
+
+    def to_dense_module(self) -> nn.Module:
+        """The plain dense layer with the same weights (export, size comparisons, timing twins)."""
+        dense = self.sparse_weight.to_dense()
+        layer = self.dense_layer().to(device=dense.device, dtype=dense.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(dense.reshape(layer.weight.shape))
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer
+
+    def _apply(self, fn, recurse=True):
+        self._sw_cache = None  # .to() / .double() replace the buffers
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # The CSR sizes depend on the weights: take the incoming ones before the copy.
+        for name in ("row_ptr", "col_idx", "values"):
+            t = state_dict.get(prefix + name)
+            cur = getattr(self, name)
+            if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape != cur.shape:
+                dtype = t.dtype if name != "values" and t.dtype in (torch.int32, torch.int64) else cur.dtype
+                setattr(self, name, torch.empty(t.shape, dtype=dtype, device=cur.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._sw_cache = None
+        if not error_msgs:
+            try:
+                self.sparse_weight  # validate the loaded CSR now, with a clear message
+            except ValueError as exc:
+                error_msgs.append(f"{prefix or type(self).__name__}: {exc}")
