@@ -465,3 +465,21 @@ def test_cuda_sparse_conv2d(case, dtype):
     y = sparse_conv2d(x.cuda(), sw, b.cuda(), s, p, d)
     tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else _tol(dtype)
     torch.testing.assert_close(y.cpu().double(), F.conv2d(x.double(), w.double(), b.double(), s, p, d), **tol)
+
+
+def test_tiny_output_planes_take_the_dense_path(monkeypatch):
+    """Under SPARSE_MIN_POSITIONS output positions per image the direct kernel (vectorised
+    over positions) would waste most lanes: sparse_conv2d runs dense conv2d, with equal results."""
+    gen = torch.Generator().manual_seed(30)
+    w = _pruned(torch.randn(16, 8, 3, 3, generator=gen), 0.9, gen)
+    sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
+    assert "under 16 positions run dense conv2d" in sw.reason
+    calls = []
+    real = conv_ops.sparse_conv2d_reference
+    monkeypatch.setattr(conv_ops, "sparse_conv2d_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for hw, dense in ((1, True), (3, True), (4, False), (9, False)):  # 1, 9, 16, 81 output positions
+        x = torch.randn(2, 8, hw, hw, generator=gen)
+        calls.clear()
+        y = sparse_conv2d(x, sw, None, 1, 1)
+        assert calls == ([1] if dense or not NATIVE else []), hw
+        torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-5, atol=1e-5)
