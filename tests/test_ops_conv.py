@@ -473,11 +473,11 @@ def test_tiny_output_planes_take_the_dense_path(monkeypatch):
     gen = torch.Generator().manual_seed(30)
     w = _pruned(torch.randn(16, 8, 3, 3, generator=gen), 0.9, gen)
     sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
-    assert "under 16 positions run dense conv2d" in sw.reason
+    assert "under 9 positions run dense conv2d" in sw.reason
     calls = []
     real = conv_ops.sparse_conv2d_reference
     monkeypatch.setattr(conv_ops, "sparse_conv2d_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for hw, dense in ((1, True), (3, True), (4, False), (9, False)):  # 1, 9, 16, 81 output positions
+    for hw, dense in ((1, True), (2, True), (3, False), (9, False)):  # 1, 4, 9, 81 output positions
         x = torch.randn(2, 8, hw, hw, generator=gen)
         calls.clear()
         y = sparse_conv2d(x, sw, None, 1, 1)

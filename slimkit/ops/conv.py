@@ -44,9 +44,10 @@ WIDE_FAN_IN = 2048
 #: Output positions per image (OH x OW) under which ``sparse_conv2d`` runs dense ``conv2d``
 #: whatever the sparsity. The direct kernel vectorises over output positions, so on tiny
 #: planes most vector lanes are padding. Measured in VGG-11 (width 0.5, 28x28 MNIST input,
-#: 90 % sparse, batch 64, 1 thread; dense time / sparse time): 7x7 planes 2.3-2.4x, 3x3
-#: planes 1.05-1.08x, 1x1 planes 0.15x.
-SPARSE_MIN_POSITIONS = 16
+#: 90 % sparse, 1 thread; dense conv2d time / sparse kernel time) at batch 1 / 8 / 64:
+#: 7x7 planes 2.3x / - / 2.3-2.4x, 3x3 planes 3.3-3.6x / 0.97-1.0x / 1.05-1.08x, 1x1 planes
+#: 0.28x / 0.31x / 0.15x. So 3x3 planes (9 positions) run sparse and 1x1 planes dense.
+SPARSE_MIN_POSITIONS = 9
 
 
 def default_min_sparsity(shape) -> float:
