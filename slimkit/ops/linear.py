@@ -167,7 +167,12 @@ class SparseLinear(CSRLayer):
         return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
 
     def forward(self, x):
-        return sparse_linear(x, self.sparse_weight, self._buffers["bias"])
+        sw, bias = self.sparse_weight, self._buffers["bias"]
+        if not sw.uses_sparse or x.numel() * self.out_features < SPARSE_LINEAR_MIN_MACS:
+            # the dense path sparse_linear would take, without its other checks (a small
+            # layer's whole F.linear takes a few microseconds)
+            return F.linear(x, sw.to_dense(), bias)
+        return sparse_linear(x, sw, bias)
 
     def extra_repr(self):
         sw = self.sparse_weight
