@@ -11,6 +11,7 @@ from rich.table import Table
 from safetensors import safe_open
 
 from slimkit import storage
+from slimkit.export import dense_model
 from slimkit.measure import measure_latency, model_stats
 from slimkit.models import count_macs
 from slimkit.plugins import get_registry
@@ -68,8 +69,8 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
         layers.append(row)
     stats = model_stats(model, shape)
     with tempfile.TemporaryDirectory() as tmp:  # the same model stored dense fp32: the reference size
-        dense_model = _densified(model)
-        dense_bytes = storage.save_model(Path(tmp) / "dense.slim", dense_model, registry, info={
+        dense_twin = dense_model(model)  # masked and CSR layers decoded to plain Conv2d/Linear
+        dense_bytes = storage.save_model(Path(tmp) / "dense.slim", dense_twin, registry, info={
             k: header[k] for k in ("model", "input_shape", "num_classes", "data") if k in header})
     desc = {"file": str(loaded.path), "model": header.get("model"), "input_shape": list(shape),
             "num_classes": header.get("num_classes"), "data": header.get("data", {}).get("description"),
@@ -81,7 +82,7 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
         # the sparse path buys on this machine.
         timed = {"model": model}
         if any(r.get("runs_sparse") for r in layers):
-            timed["dense"] = dense_model
+            timed["dense"] = dense_twin
         lat = measure_latency(timed, shape, batch_size=batch_size)
         desc["latency_ms"] = lat["model"]
         desc["latency_note"] = (f"median of 50 forward passes at batch {batch_size} after 10 warm-up, "
@@ -90,13 +91,6 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
             desc["latency_dense_ms"] = lat["dense"]
             desc["sparse_speedup"] = lat["dense"] / lat["model"]
     return desc
-
-
-def _densified(model):
-    """A plain dense copy (masked and sparse-inference layers become Conv2d/Linear)."""
-    from slimkit.export import dense_model
-
-    return dense_model(model)
 
 
 def print_description(desc: dict, console) -> None:

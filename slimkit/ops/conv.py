@@ -232,11 +232,9 @@ class SparseConvWeight(CSRWeight):
     kernel_doc = "direct sparse convolution"
     dense_doc = "dense conv2d"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.uses_sparse:
-            self.reason += (f"; output planes under {SPARSE_MIN_POSITIONS} positions run dense conv2d "
-                            "(the kernel vectorises over positions)")
+    def call_floor_note(self) -> str:
+        return (f"; output planes under {SPARSE_MIN_POSITIONS} positions run dense conv2d "
+                "(the kernel vectorises over positions)")
 
     @classmethod
     def default_min_sparsity(cls, shape) -> float:

@@ -52,7 +52,7 @@ class CSRWeight:
         if self.sparsity >= self.min_sparsity - 1e-4:  # "pruned to 70 %" may round to 69.999 %
             self.uses_sparse = True
             self.reason = (f"sparsity {self.sparsity:.1%} >= {self.min_sparsity:.0%}: {self.kernel_doc} "
-                           f"({self.nnz} of {numel} weights)")
+                           f"({self.nnz} of {numel} weights)" + self.call_floor_note())
         else:
             self.uses_sparse = False
             self.reason = (f"sparsity {self.sparsity:.1%} < {self.min_sparsity:.0%}, below which the "
@@ -61,6 +61,11 @@ class CSRWeight:
     @classmethod
     def default_min_sparsity(cls, shape) -> float:
         raise NotImplementedError
+
+    def call_floor_note(self) -> str:
+        """What ``reason`` adds for a sparse weight whose op still runs dense on some calls
+        (too little work per call); "" when there is no such floor."""
+        return ""
 
     @property
     def sparsity(self) -> float:
@@ -188,10 +193,6 @@ class CSRLayer(nn.Module):
             if self.bias is not None:
                 layer.bias.copy_(self.bias)
         return layer
-
-    def _apply(self, fn, recurse=True):
-        self._sw_cache = None  # .to() / .double() replace the buffers
-        return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

@@ -62,13 +62,12 @@ class SparseLinearWeight(CSRWeight):
     kernel_doc = "sparse linear kernel"
     dense_doc = "dense F.linear"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        numel = self.shape[0] * self.shape[1]
-        self.min_batch = max(1, -(-SPARSE_LINEAR_MIN_MACS // numel))  # smallest batch that runs the kernel
-        if self.uses_sparse and self.min_batch > 1:
-            self.reason += (f"; calls with batch < {self.min_batch} run dense F.linear (under "
-                            f"{SPARSE_LINEAR_MIN_MACS:,} MACs the kernel call costs more than it saves)")
+    def call_floor_note(self) -> str:
+        min_batch = -(-SPARSE_LINEAR_MIN_MACS // (self.shape[0] * self.shape[1]))  # smallest batch run sparse
+        if min_batch <= 1:
+            return ""
+        return (f"; calls with batch < {min_batch} run dense F.linear (under {SPARSE_LINEAR_MIN_MACS:,} MACs "
+                "the kernel call costs more than it saves)")
 
     @classmethod
     def default_min_sparsity(cls, shape) -> float:
