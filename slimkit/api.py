@@ -27,6 +27,7 @@ metadata and slimkit finds it; docs/plugins.md walks through a whole package.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -85,8 +86,10 @@ class Option:
                 parsed = int(value)
             else:
                 parsed = self.type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{where} is invalid: expected {self.allowed()}") from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):  # nan < min is False: check it by name
+            raise UserError(f"{where} is invalid: expected a finite number, {self.allowed()}")
         if self.choices is not None and parsed not in self.choices:
             raise UserError(f"{where} is invalid: expected {self.allowed()}")
         if self.min is not None and parsed < self.min:

@@ -63,6 +63,9 @@ def _read_recipe(path: Path) -> dict:
     if unknown:
         raise UserError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     stages = recipe.get("stage", [])
+    if "stage" in recipe and not stages:
+        raise UserError(f"recipe {path}: `stage = []` lists no method; give [[stage]] tables with a 'method' each, "
+                        "or leave 'stage' out to use --method")
     if not isinstance(stages, list) or not all(isinstance(s, dict) and "method" in s for s in stages):
         raise UserError(f"recipe {path}: [[stage]] tables must each have a 'method'")
     return recipe
@@ -372,6 +375,12 @@ def bench_kernels(
     kernels_command(ops=op, as_json=as_json, quick=quick)
 
 
+def _version() -> str:
+    from slimkit import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> None:
     from slimkit.train import Interrupted
 
@@ -395,10 +404,25 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"error: {exc.format_message()}", markup=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted", markup=False)
+        err.print("interrupted; finished outputs are complete and nothing half-written was left", markup=False)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the environment, not slimkit: a full disk, a read-only or missing path
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        err.print(f"error: {exc.strerror or exc}{where}; check the path, its permissions and the free space",
+                  markup=False, soft_wrap=True)
+        sys.exit(2)
+    except MemoryError:
+        err.print("error: out of memory; try a smaller --batch-size or model", markup=False)
+        sys.exit(2)
+    except Exception:  # a bug in slimkit: the one case that shows a traceback
+        import traceback
+
+        traceback.print_exc()
+        err.print(f"slimkit {_version()} hit an internal error (a bug, not your input); please report it with the "
+                  "traceback above and the command you ran", markup=False, soft_wrap=True)
+        sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -30,6 +30,9 @@ def classify(spec: str, registry) -> ModelSource:
     if spec in registry.models:
         return ModelSource("zoo", spec, {})
     path = Path(spec)
+    if path.is_dir():
+        raise UserError(f"model file {path} is a directory; give a .slim or TorchScript file, a zoo name "
+                        f"({', '.join(sorted(registry.models))}) or python:module:factory")
     if path.suffix == ".slim" or (path.exists() and _is_safetensors(path)):
         return ModelSource("slim", str(path), {})
     if path.exists():
@@ -70,6 +73,8 @@ def load_python_model(target: str, weights: str | None, input_shape, num_classes
 
 def load_state_dict(path: str, trust: bool = False) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"weights file {p} is a directory; give a state-dict file (.pt, .pth or .safetensors)")
     if not p.is_file():
         raise UserError(f"weights file {p} does not exist")
     if p.suffix == ".safetensors":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from slimkit import __version__, distributed, storage
+from slimkit import __version__, distributed, faults, storage
 from slimkit.api import StageContext
 from slimkit.data import load_data
 from slimkit.errors import UserError
@@ -27,6 +28,7 @@ from slimkit.measure import measure_latency, model_stats
 from slimkit.modelio import classify, load_python_model, load_torchscript
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
+from slimkit.rundir import OutLock, check_resume_settings
 from slimkit.train import Trainer, seed_everything
 
 
@@ -53,6 +55,47 @@ class RunConfig:
     quiet: bool = False
     cache_dir: str | None = None
     val_fraction: float = 0.1
+
+
+# (setting, type, lowest allowed value) for the RunConfig fields a user sets; None: no bound
+_SETTING_RULES = {
+    "model": (str, None), "data": (str, None), "epochs": (int, 0), "baseline_epochs": (int, 0),
+    "lr": (float, None), "batch_size": (int, 1), "optimizer": (str, None), "seed": (int, 0),
+    "out": (str, None), "teacher": (str, None), "weights": (str, None), "val_fraction": (float, None),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check the run's settings (from flags, a recipe or a sweep) before anything runs:
+    types, NaN and infinity, ranges. Each failure is one :class:`UserError` line."""
+    for name, (kind, low) in _SETTING_RULES.items():
+        value = getattr(cfg, name)
+        if value is None and name in ("lr", "teacher", "weights"):
+            continue
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            expected = {int: "an integer", float: "a number", str: "a string"}[kind]
+            raise UserError(f"{_flag(name)} {value!r} is invalid: expected {expected}")
+        if kind is float and not math.isfinite(value):
+            raise UserError(f"{_flag(name)} {value} is invalid: expected a finite number")
+        if low is not None and value < low:
+            raise UserError(f"{_flag(name)} {value} is invalid: expected an integer >= {low}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"val_fraction {cfg.val_fraction} is invalid: expected a number in (0, 1)")
+    if cfg.optimizer not in ("sgd", "adam"):
+        raise UserError(f"--optimizer {cfg.optimizer!r} is invalid: expected sgd or adam")
+    if not isinstance(cfg.model_options, dict):
+        raise UserError(f"model_options {cfg.model_options!r} is invalid: expected a table of KEY = VALUE")
+    if not cfg.methods:
+        raise UserError("no method to apply: give --method (or [[stage]] tables in the recipe)")
 
 
 def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], preset: dict | None = None) -> dict:
@@ -110,16 +153,15 @@ class Run:
         self.options = [m.parse_options(raw[m.name]) for m in self.methods]
         if len(set(cfg.methods)) != len(cfg.methods):
             raise UserError(f"a method appears twice in the chain {cfg.methods}; give each once")
-        if cfg.optimizer not in ("sgd", "adam"):
-            raise UserError(f"--optimizer {cfg.optimizer!r} is invalid: expected sgd or adam")
-        for name, value, low in (("--epochs", cfg.epochs, 0), ("--baseline-epochs", cfg.baseline_epochs, 0),
-                                 ("--batch-size", cfg.batch_size, 1)):
-            if value < low:
-                raise UserError(f"{name} {value} is invalid: expected an integer >= {low}")
-        if cfg.lr is not None and not cfg.lr > 0:
-            raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
+        validate_config(cfg)
         self.bundle = load_data(cfg.data, self.registry.datasets, seed=cfg.seed, val_fraction=cfg.val_fraction)
+        if cfg.batch_size > self.bundle.size("train"):
+            raise UserError(f"--batch-size {cfg.batch_size} is larger than the training split of {self.bundle.name} "
+                            f"({self.bundle.size('train')} examples); use at most {self.bundle.size('train')}")
         self.source = classify(cfg.model, self.registry)
+        if cfg.weights and self.source.kind != "python":
+            raise UserError(f"--weights {cfg.weights} applies only to a python:module:factory model; "
+                            f"{cfg.model} is a {self.source.kind} model that carries its own weights")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out} exists and is not a directory")
         # A given model file is loaded now, and every method checks that it applies to the
@@ -212,11 +254,32 @@ class Run:
         """Run the chain; returns the report (None on ranks other than 0). ``teardown=False`` keeps
         the torch.distributed process group for further runs in this process (``slimkit sweep``:
         re-initialising it under torchrun after a teardown hangs)."""
+        lock = OutLock(self.out, "compress") if self.dist.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._execute(teardown)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def settings(self) -> dict:
+        """Everything that changes what this run computes: recorded for ``--resume``."""
+        cfg = self.cfg
+        return {"model": cfg.model, "model_options": cfg.model_options, "data": cfg.data,
+                "data_description": self.bundle.description, "methods": cfg.methods,
+                "options": {m.name: o for m, o in zip(self.methods, self.options)}, "seed": cfg.seed,
+                "epochs": cfg.epochs, "baseline_epochs": cfg.baseline_epochs, "lr": cfg.lr,
+                "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "teacher": cfg.teacher,
+                "weights": cfg.weights, "sparse_inference": cfg.sparse_inference, "val_fraction": cfg.val_fraction,
+                "world_size": self.dist.world_size}
+
+    def _execute(self, teardown: bool) -> dict:
         cfg = self.cfg
         if self.dist.is_main:
             if not cfg.resume and self.work.exists():
                 shutil.rmtree(self.work)
-            self.work.mkdir(parents=True, exist_ok=True)
+            check_resume_settings(self.work, self.settings(), cfg.resume)
         distributed.barrier(self.dist)
         metrics_path = self.work / "metrics.jsonl"
         if self.dist.is_main and not cfg.resume and metrics_path.exists():
@@ -338,6 +401,7 @@ class Run:
 
     def _publish(self) -> None:
         """Move the finished files from the work dir into OUT, each by an atomic rename."""
+        faults.point("final-write")
         self.out.mkdir(parents=True, exist_ok=True)
         for name in ("model.slim", "baseline.slim", "metrics.jsonl", "training_curves.png"):
             src = self.work / name

@@ -50,7 +50,8 @@ def synthetic(argument, seed):
 @hookimpl
 def register_datasets(register):
     register("digits", digits, "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), split 80/20; the default")
-    register("mnist", mnist, "MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST, ...): mnist:DIR, .gz or raw")
+    register("mnist", mnist, "MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST, ...): mnist:DIR or mnist:DIR@K "
+             "(K classes), .gz or raw")
     register("cifar10", cifar10, "CIFAR-10, binary or python batches: cifar10:DIR")
     register("cifar100", cifar100, "CIFAR-100 (fine labels), binary or python batches: cifar100:DIR")
     register("folder", folder, "class-per-folder images (PNG/JPEG/...): folder:DIR or folder:DIR@SIZE (default 32)")

@@ -123,6 +123,40 @@ def read_pair(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path
     return images, labels, img_path, lab_path
 
 
+def _class_count(argument: str) -> tuple[str, int | None]:
+    """``DIR`` or ``DIR@K`` (K: the number of classes) -> (directory, K or None)."""
+    head, sep, tail = argument.rpartition("@")
+    if not sep or Path(argument).expanduser().exists():
+        return argument, None
+    if not tail.isdigit() or int(tail) < 1:
+        raise UserError(f"mnist:{argument}: {tail!r} is not a class count; expected mnist:DIR or mnist:DIR@K "
+                        "with K >= 1, e.g. mnist:data@10")
+    return head, int(tail)
+
+
+def _checked_num_classes(labels: torch.Tensor, declared: int | None, directory) -> int:
+    """The class count: ``declared`` (every label must be below it), or the largest label + 1.
+
+    IDX labels are bytes, so a corrupt or placeholder label (often 255) would silently
+    make a model with hundreds of classes. Without a declared count, every class from 0
+    to the largest label must occur; otherwise the labels are refused.
+    """
+    top = int(labels.max())
+    if declared is not None:
+        if top >= declared:
+            raise UserError(f"mnist:{directory}: a label is {top}, outside 0..{declared - 1} for the declared "
+                            f"{declared} classes; fix the labels or declare more classes (mnist:DIR@K)")
+        return declared
+    counts = torch.bincount(labels, minlength=top + 1)
+    missing = (counts == 0).nonzero().flatten().tolist()
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"mnist:{directory}: labels run up to {top} but classes {shown} have no example "
+                        f"({int(counts[top])} example(s) labelled {top}: corrupt labels?); fix them, or declare "
+                        f"the class count with mnist:DIR@K")
+    return top + 1
+
+
 def load_idx_dir(directory: str | os.PathLike, seed: int):
     """Load an MNIST-format directory as :class:`slimkit.data.RawData` (images ``[N, 1, H, W]`` in [0, 1]).
 
@@ -131,6 +165,7 @@ def load_idx_dir(directory: str | os.PathLike, seed: int):
     """
     from slimkit.data import RawData, split_indices
 
+    directory, declared = _class_count(str(directory))
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise UserError(f"mnist: {directory} is not a directory; expected a folder holding {EXPECTED}")
@@ -165,6 +200,6 @@ def load_idx_dir(directory: str | os.PathLike, seed: int):
         train_x, train_y, test_x, test_y = x[keep], y[keep], x[held], y[held]
         description = (f"MNIST-format {which} files in {directory} ({len(y):,} images {h}x{w}) split "
                        f"{len(keep):,} train / {len(held):,} test with seed {seed}")
-    num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
+    num_classes = _checked_num_classes(torch.cat([train_y, test_y]), declared, directory)
     return RawData(train_x, train_y, test_x, test_y, num_classes, kind="image", description=description,
                    classes=None, augment=False, flip=False)
