@@ -62,6 +62,8 @@ def _read_recipe(path: Path) -> dict:
     unknown = sorted(set(recipe) - allowed)
     if unknown:
         raise UserError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    if not isinstance(recipe.get("model_options", {}), dict):
+        raise UserError(f"recipe {path}: model_options must be a table (model_options = {{ width = 0.5 }})")
     stages = recipe.get("stage", [])
     if "stage" in recipe and not stages:
         raise UserError(f"recipe {path}: `stage = []` lists no method; give [[stage]] tables with a 'method' each, "
@@ -423,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"slimkit {_version()} hit an internal error (a bug, not your input); please report it with the "
                   "traceback above and the command you ran", markup=False, soft_wrap=True)
         sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C inside a command into a silent Exit(130)
+        err.print("interrupted; finished outputs are complete and nothing half-written was left", markup=False)
     if isinstance(code, int) and code:
         sys.exit(code)
 
