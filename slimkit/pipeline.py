@@ -14,13 +14,13 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from slimkit import __version__, distributed, storage
 from slimkit.api import StageContext
+from slimkit.config import RunConfig  # noqa: F401  (the settings of a run; imported from here too)
 from slimkit.data import load_data
 from slimkit.errors import UserError
 from slimkit.measure import measure_latency, model_stats
@@ -28,31 +28,6 @@ from slimkit.modelio import classify, load_python_model, load_torchscript
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
 from slimkit.train import Trainer, seed_everything
-
-
-@dataclass
-class RunConfig:
-    model: str = "lenet300"
-    data: str = "digits"
-    methods: list = field(default_factory=lambda: ["prune"])
-    options: dict = field(default_factory=dict)  # method -> {key: raw value}
-    model_options: dict = field(default_factory=dict)
-    epochs: int = 10
-    baseline_epochs: int = 20
-    lr: float | None = None
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    seed: int = 0
-    out: str = "runs/default"
-    teacher: str | None = None
-    weights: str | None = None
-    trust_checkpoint: bool = False
-    resume: bool = False
-    sparse_inference: bool = False
-    latency: bool = True
-    quiet: bool = False
-    cache_dir: str | None = None
-    val_fraction: float = 0.1
 
 
 def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], preset: dict | None = None) -> dict:

@@ -10,27 +10,29 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimkit.config import read_toml, run_defaults
 from slimkit.errors import UserError
+
+DEFAULTS = run_defaults()  # a cell is a compress run: the same defaults (RunConfig)
 
 GRID_KEYS = {
     "out": "output directory (default runs/sweep-<grid file name>)",
     "models": "list of model names (zoo names or model files)",
     "model_options": "table of model options; a list value is swept",
     "data": "list of data set specs",
-    "seeds": "list of seeds (default [0])",
-    "epochs": "epochs per method stage (default 10)",
-    "baseline_epochs": "epochs to train each baseline (default 20)",
+    "seeds": f"list of seeds (default [{DEFAULTS['seed']}])",
+    "epochs": f"epochs per method stage (default {DEFAULTS['epochs']})",
+    "baseline_epochs": f"epochs to train each baseline (default {DEFAULTS['baseline_epochs']})",
     "lr": "learning rate (default: the optimizer's)",
-    "batch_size": "batch size (default 64)",
-    "optimizer": "sgd or adam (default sgd)",
+    "batch_size": f"batch size (default {DEFAULTS['batch_size']})",
+    "optimizer": f"sgd or adam (default {DEFAULTS['optimizer']})",
     "methods": "the method chain applied in every method cell (may be empty: baselines only)",
     "options": "table of METHOD.OPTION = value or [values]",
     "baseline": "run the baseline cells (default true)",
-    "latency": "measure latency in every cell (default true)",
+    "latency": f"measure latency in every cell (default {str(DEFAULTS['latency']).lower()})",
     "cache_dir": "baseline cache directory (default $SLIMKIT_CACHE or ~/.cache/slimkit)",
 }
 
@@ -129,12 +131,7 @@ def read_grid(path: Path, out: str | None = None) -> Grid:
     """Parse and check a grid file's syntax and types (models, methods and options are checked by
     :func:`validate`)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"grid {path} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"grid {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "grid")
     unknown = sorted(set(raw) - set(GRID_KEYS))
     if unknown:
         hint = (" (this looks like a compress recipe: run it with `slimkit compress --recipe`)"
@@ -145,7 +142,7 @@ def read_grid(path: Path, out: str | None = None) -> Grid:
             _fail(path, f"key {key!r} is missing; expected a list of {GRID_KEYS[key].split('of ')[-1]}")
     models = _as_list(path, "models", raw["models"], str, "model name")
     data = _as_list(path, "data", raw["data"], str, "data set spec")
-    seeds = _as_list(path, "seeds", raw.get("seeds", [0]), int, "integer seed")
+    seeds = _as_list(path, "seeds", raw.get("seeds", [DEFAULTS["seed"]]), int, "integer seed")
     methods = raw.get("methods", [])
     if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
         _fail(path, f"key 'methods' is {methods!r}; expected a list of method names (a chain)")
@@ -175,20 +172,21 @@ def read_grid(path: Path, out: str | None = None) -> Grid:
                 _fail(path, f"option key {key!r} is an empty list; give at least one value")
             listed.append(key)
         options[key] = value if isinstance(value, list) else [value]
-    optimizer = _scalar(path, raw, "optimizer", str, "sgd")
+    optimizer = _scalar(path, raw, "optimizer", str, DEFAULTS["optimizer"])
     if optimizer not in ("sgd", "adam"):
         _fail(path, f"key 'optimizer' is {optimizer!r}; expected sgd or adam")
-    lr = _scalar(path, raw, "lr", float, None)
+    lr = _scalar(path, raw, "lr", float, DEFAULTS["lr"])
     if lr is not None and not lr > 0:
         _fail(path, f"key 'lr' is {lr!r}; expected a positive number")
     out_dir = out or _scalar(path, raw, "out", str, f"runs/sweep-{path.stem}")
     return Grid(
         path=path, out=Path(out_dir), models=models, model_options=model_options, data=data, seeds=seeds,
-        epochs=_scalar(path, raw, "epochs", int, 10, 0),
-        baseline_epochs=_scalar(path, raw, "baseline_epochs", int, 20, 0),
-        lr=lr, batch_size=_scalar(path, raw, "batch_size", int, 64, 1), optimizer=optimizer,
+        epochs=_scalar(path, raw, "epochs", int, DEFAULTS["epochs"], 0),
+        baseline_epochs=_scalar(path, raw, "baseline_epochs", int, DEFAULTS["baseline_epochs"], 0),
+        lr=lr, batch_size=_scalar(path, raw, "batch_size", int, DEFAULTS["batch_size"], 1), optimizer=optimizer,
         methods=methods, options=options, listed=listed, baseline=_scalar(path, raw, "baseline", bool, True),
-        latency=_scalar(path, raw, "latency", bool, True), cache_dir=_scalar(path, raw, "cache_dir", str, None))
+        latency=_scalar(path, raw, "latency", bool, DEFAULTS["latency"]),
+        cache_dir=_scalar(path, raw, "cache_dir", str, DEFAULTS["cache_dir"]))
 
 
 def expand(grid: Grid) -> list[Cell]:
