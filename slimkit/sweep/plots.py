@@ -1,10 +1,17 @@
-"""A sweep's figures (matplotlib, Agg): accuracy per cell, convergence, accuracy against size."""
+"""A sweep's figures (matplotlib, Agg): accuracy per cell, convergence, and accuracy against
+non-zero parameters and against bytes on disk."""
 from __future__ import annotations
 
 import json
 import math
 
 from slimkit.sweep.grid import Grid
+
+#: file name -> (results column on the x axis, axis label)
+SIZE_FIGURES = {"accuracy_vs_nonzero_params.png": ("nonzero_params", "non-zero parameters"),
+                "accuracy_vs_file_size.png": ("size_bytes", "bytes on disk (.slim file)")}
+#: figures earlier versions wrote that misled; removed from OUT when the figures are written again
+RETIRED_FIGURES = ("accuracy_vs_params.png",)
 
 
 def _label(grid: Grid, row: dict, keys=None) -> str:
@@ -20,6 +27,8 @@ def plots(grid: Grid, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for name in RETIRED_FIGURES:
+        (grid.out / name).unlink(missing_ok=True)
     done = [r for r in rows if r["status"] == "done"]
     if not done:
         return
@@ -77,24 +86,36 @@ def plots(grid: Grid, rows: list[dict]) -> None:
         fig.savefig(grid.out / "convergence.png", dpi=110)
         plt.close(fig)
 
-    # accuracy against parameter count
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups: dict[str, list[dict]] = {}
+    # accuracy against size: non-zero parameters and bytes on disk, the two measures pruning changes
+    # (the dense parameter count does not move under unstructured pruning)
+    for filename, (x_key, x_label) in SIZE_FIGURES.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series = size_series(grid, done, x_key)
+        for key, points in series.items():
+            ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], marker="*" if key == "baseline" else "o",
+                       s=120 if key == "baseline" else 30, label=key)
+            for x, y, text in points:
+                if text:
+                    ax.annotate(text, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        xs = [x for points in series.values() for x, _, _ in points if x > 0]
+        if xs and max(xs) > 20 * min(xs):
+            ax.set_xscale("log")
+        ax.set(xlabel=x_label, ylabel="test accuracy (%)", title=f"accuracy against {x_label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title=f"points labelled with {grid.swept[0].split('.', 1)[-1]}" if grid.swept else None,
+                  title_fontsize=7)
+        fig.tight_layout()
+        fig.savefig(grid.out / filename, dpi=110)
+        plt.close(fig)
+
+
+def size_series(grid: Grid, done: list[dict], x_key: str) -> dict[str, list[tuple]]:
+    """Points (x = row[x_key], test accuracy in %, label) per series: baselines, then one series per
+    combination of the swept options after the first; points labelled with the first swept option."""
+    groups: dict[str, list[tuple]] = {}
     for r in done:
         key = "baseline" if r["kind"] == "baseline" else (
             " ".join(f"{k.split('.', 1)[-1]}={r[k]}" for k in grid.swept[1:]) or "+".join(grid.methods))
-        groups.setdefault(key, []).append(r)
-    for key, members in groups.items():
-        ax.scatter([r["params"] for r in members], [100 * r["accuracy"] for r in members],
-                   marker="*" if key == "baseline" else "o", s=120 if key == "baseline" else 30, label=key)
-        if grid.swept and key != "baseline":
-            for r in members:
-                ax.annotate(str(r[grid.swept[0]]), (r["params"], 100 * r["accuracy"]), fontsize=6,
-                            xytext=(2, 2), textcoords="offset points")
-    ax.set(xlabel="parameters", ylabel="test accuracy (%)", title="accuracy against parameter count")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title=f"points labelled with {grid.swept[0].split('.', 1)[-1]}" if grid.swept else None,
-              title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(grid.out / "accuracy_vs_params.png", dpi=110)
-    plt.close(fig)
+        text = str(r[grid.swept[0]]) if grid.swept and key != "baseline" else ""
+        groups.setdefault(key, []).append((r[x_key], 100 * r["accuracy"], text))
+    return groups

@@ -125,6 +125,13 @@ def _cell_value(row: dict, key: str):
     return "–" if value in ("", None) else str(value)
 
 
+def _group_title(row: dict) -> str:
+    """"MODEL (OPTION=VALUE, ...) on DATA, seed S"; no parentheses when the model has no options."""
+    options = json.loads(row["model_options"] or "{}")
+    named = f" ({', '.join(f'{k}={fmt_value(v)}' for k, v in options.items())})" if options else ""
+    return f"{row['model']}{named} on {row['data']}, seed {row['seed']}"
+
+
 def markdown(grid: Grid, rows: list[dict]) -> str:
     swept = grid.swept
     parts = [f"# Sweep results: {grid.path.name}", "",
@@ -133,7 +140,7 @@ def markdown(grid: Grid, rows: list[dict]) -> str:
              "95 % of the stage's final (best) validation accuracy.", ""]
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{r['model']} {r['model_options']} on {r['data']}, seed {r['seed']}", []).append(r)
+        groups.setdefault(_group_title(r), []).append(r)
     for title, members in groups.items():
         parts += [f"## {title}", ""]
         base = [r for r in members if r["kind"] == "baseline"]
@@ -145,8 +152,9 @@ def markdown(grid: Grid, rows: list[dict]) -> str:
             first, rest = swept[0], swept[1:]
             row_values = list(dict.fromkeys(r[first] for r in method_rows))
             col_values = list(dict.fromkeys(tuple(r[k] for k in rest) for r in method_rows))
-            col_names = ["/".join(c) if c else "accuracy" for c in col_values]
             for metric, label in (("accuracy", "test accuracy (%)"), ("epochs_to_95", "epochs to 95 %")):
+                # with one swept option the table has one column: the metric itself
+                col_names = ["/".join(c) if c else label for c in col_values]
                 body = []
                 for rv in row_values:
                     line = [f"{first.split('.', 1)[1] if '.' in first else first}={rv}"]
@@ -167,10 +175,3 @@ def markdown(grid: Grid, rows: list[dict]) -> str:
     parts += [_table(["cell", "status", "baseline acc. (%)", "accuracy (%)", "params", "non-zero params",
                       "compression", "epochs to 95 %", "seconds", "error"], body), ""]
     return "\n".join(parts)
-
-
-def _label(grid: Grid, row: dict, keys=None) -> str:
-    keys = grid.swept if keys is None else keys
-    if row["kind"] == "baseline":
-        return "baseline"
-    return " ".join(f"{k.split('.', 1)[-1]}={row[k]}" for k in keys) or "+".join(grid.methods)
