@@ -145,6 +145,11 @@ def print_summary(report: dict, out_path: Path) -> None:
     table.add_column("change", justify="right")
     table.add_row("test accuracy", f"{100 * b['accuracy']:.2f} %", f"{100 * f['accuracy']:.2f} %",
                   f"{100 * (f['accuracy'] - b['accuracy']):+.2f} pt")
+    for s in report["stages"]:  # a stage's own control run (distill baseline=true): the student on labels alone
+        if isinstance(s.get("labels_only_accuracy"), (int, float)):
+            table.add_row(f"test accuracy, labels-only control ({s['method']})", f"{100 * b['accuracy']:.2f} %",
+                          f"{100 * s['labels_only_accuracy']:.2f} %",
+                          f"{100 * (s['labels_only_accuracy'] - b['accuracy']):+.2f} pt")
     table.add_row("parameters", f"{b['params']:,}", f"{f['params']:,}", f"{f['params'] / b['params']:.2f}x")
     table.add_row("non-zero parameters", f"{b['nonzero_params']:,}", f"{f['nonzero_params']:,}",
                   f"{b['nonzero_params'] / max(f['nonzero_params'], 1):.1f}x fewer")
@@ -159,7 +164,9 @@ def print_summary(report: dict, out_path: Path) -> None:
                       f"{b['latency_ms'] / f['latency_ms']:.2f}x")
     out.print(table)
     for s in report["stages"]:
-        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %, {s['seconds']:.1f} s")
+        uplift = (f", {100 * s['kd_uplift']:+.2f} pt over its labels-only control"
+                  if isinstance(s.get("kd_uplift"), (int, float)) else "")
+        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %{uplift}, {s['seconds']:.1f} s")
     out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}")
 
 

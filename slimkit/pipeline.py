@@ -70,6 +70,20 @@ def baseline_key(cfg: RunConfig, bundle) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def baseline_curve_path(cached: Path) -> Path:
+    """Where the training curve (the metrics rows) of a cached baseline is kept, beside its weights."""
+    return cached.with_name(f"{cached.stem}.curve.json")
+
+
+def _read_curve(path: Path) -> list[dict]:
+    """A cached baseline's curve; [] for caches written before curves were kept (or unreadable)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else []
+
+
 class Run:
     def __init__(self, cfg: RunConfig, *, option_pairs: list[tuple[str, str]] = ()):
         self.cfg = cfg
@@ -152,12 +166,14 @@ class Run:
         # a zoo model: trained here, cached by model, data, seed and epochs
         cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         cached = cache / "baselines" / f"{cfg.model}-{baseline_key(cfg, self.bundle)}.slim"
+        curve_file = baseline_curve_path(cached)
         if cached.exists():
             try:
                 loaded = storage.load_model(cached, self.registry)
                 self.log(f"baseline: reusing cached {cfg.model} ({cached})")
                 return loaded.model.to(self.device), {"source": "cache", "cache_file": str(cached),
-                                                      "epochs": cfg.baseline_epochs}
+                                                      "epochs": cfg.baseline_epochs,
+                                                      "history": _read_curve(curve_file)}
             except UserError as exc:
                 self.log(f"[yellow]baseline cache {cached} unreadable ({exc}); training again[/yellow]")
         seed_everything(cfg.seed)
@@ -170,6 +186,9 @@ class Run:
         history = trainer.fit(model, ctx, epochs=cfg.baseline_epochs, lr=cfg.lr, label="baseline",
                               optimizer=cfg.optimizer)
         if self.dist.is_main:
+            # the training curve first, then the weights: a cached .slim always has its curve beside it
+            curve_file.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(curve_file, json.dumps(history, default=_json_default))
             storage.save_model(cached, model, self.registry, info=self.header_info(cfg.model))
         distributed.barrier(self.dist)
         return model, {"source": "trained", "epochs": cfg.baseline_epochs, "seconds": time.perf_counter() - t0,
@@ -289,6 +308,8 @@ class Run:
                 f"median of 50 forward passes at batch 1 after 10 warm-up, interleaved, "
                 f"{torch.get_num_threads()} threads, {self.device}")
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        if not any(h.get("stage") == "baseline" for h in history):  # a cached baseline: its curve from the cache
+            history = [*baseline_info.get("history", []), *history]
         report = {
             "slimkit_version": __version__,
             "model": cfg.model,
