@@ -29,7 +29,8 @@ tables: rows the first swept option, columns the other swept options; plus the r
 of convergence and a table of every cell), ``accuracy.png`` (bar per cell),
 ``convergence.png`` (validation accuracy per epoch of each cell's last stage, one
 panel per combination of the swept options after the first, one line per value of
-the first) and ``accuracy_vs_params.png`` (scatter).
+the first), ``accuracy_vs_nonzero_params.png`` and ``accuracy_vs_file_size.png`` (test accuracy
+against the result's non-zero parameters and against its file's bytes).
 
 Under torchrun every rank runs the same cells in the same order (rank 0's decision of
 which cells to skip is broadcast); only rank 0 writes files. One process group serves
