@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slimkit.config import read_toml, run_defaults
 from slimkit.errors import UserError
 
 try:  # typer >= 0.16 vendors its own click; older typer uses click itself
@@ -28,6 +28,8 @@ bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchm
 app.add_typer(bench_app, name="bench")
 # Tables stay readable when stdout is a pipe or a file (rich would assume 80 columns).
 out = Console() if sys.stdout.isatty() else Console(width=160)
+# Run defaults come from RunConfig (slimkit.config), for flags, recipes and sweeps alike.
+DEFAULTS = run_defaults()
 
 
 def _pairs(items: List[str], flag: str) -> list[tuple[str, str]]:
@@ -51,12 +53,7 @@ def _model_options(items: List[str]) -> dict:
 
 
 def _read_recipe(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"recipe {path} does not exist")
-    try:
-        recipe = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"recipe {path} is not valid TOML: {exc}") from None
+    recipe = read_toml(path, "recipe")
     allowed = {"model", "data", "epochs", "baseline_epochs", "lr", "batch_size", "optimizer", "seed", "out",
                "teacher", "stage", "model_options"}
     unknown = sorted(set(recipe) - allowed)
@@ -80,22 +77,22 @@ def compress(
     method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method to apply; repeat to chain."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Method option KEY=VALUE or METHOD.KEY=VALUE."),
     recipe: Optional[Path] = typer.Option(None, help="TOML file with the run's settings and [[stage]] tables."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per method stage (default 10)."),
-    baseline_epochs: Optional[int] = typer.Option(None, help="Epochs to train a zoo baseline (default 20)."),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs per method stage (default {DEFAULTS['epochs']})."),
+    baseline_epochs: Optional[int] = typer.Option(None, help=f"Epochs to train a zoo baseline (default {DEFAULTS['baseline_epochs']})."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 64)."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd or adam (default sgd)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for data split, init, shuffling (default 0)."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Global batch size (default {DEFAULTS['batch_size']})."),
+    optimizer: Optional[str] = typer.Option(None, help=f"sgd or adam (default {DEFAULTS['optimizer']})."),
+    seed: Optional[int] = typer.Option(None, help=f"Seed for data split, init, shuffling (default {DEFAULTS['seed']})."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/<model>-<methods>)."),
     teacher: Optional[str] = typer.Option(None, help="Teacher model (.slim) when a chain changed the model."),
     weights: Optional[str] = typer.Option(None, help="State dict for a python:module:factory model."),
     model_opt: Optional[List[str]] = typer.Option(None, "--model-opt", help="Zoo model option KEY=VALUE, e.g. width=0.5."),
-    trust_checkpoint: bool = typer.Option(False, help="Allow unpickling arbitrary objects from --weights."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in the same --out."),
-    sparse_inference: bool = typer.Option(False, help="Convert pruned convs to the sparse inference kernel."),
-    latency: bool = typer.Option(True, help="Measure latency of baseline and result."),
+    trust_checkpoint: bool = typer.Option(DEFAULTS["trust_checkpoint"], help="Allow unpickling arbitrary objects from --weights."),
+    resume: bool = typer.Option(DEFAULTS["resume"], help="Continue an interrupted run in the same --out."),
+    sparse_inference: bool = typer.Option(DEFAULTS["sparse_inference"], help="Convert pruned convs to the sparse inference kernel."),
+    latency: bool = typer.Option(DEFAULTS["latency"], help="Measure latency of baseline and result."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    quiet: bool = typer.Option(False, help="No progress output."),
+    quiet: bool = typer.Option(DEFAULTS["quiet"], help="No progress output."),
 ):
     """Compress a model: train or load a baseline, apply methods in order, write OUT/model.slim and OUT/report.json."""
     from slimkit.pipeline import Run, RunConfig
@@ -108,19 +105,22 @@ def compress(
             raise UserError("give methods either with --method or in the recipe's [[stage]] tables, not both")
         methods = [s["method"] for s in rec["stage"]]
         preset = {s["method"]: {k: v for k, v in s.items() if k != "method"} for s in rec["stage"]}
-    methods = methods or ["prune"]
+    methods = methods or list(DEFAULTS["methods"])
 
-    def pick(flag_value, key, default):
-        return flag_value if flag_value is not None else rec.get(key, default)
+    def pick(flag_value, key, default=None):
+        """The flag, else the recipe's value, else RunConfig's default."""
+        if flag_value is not None:
+            return flag_value
+        return rec.get(key, DEFAULTS[key] if default is None else default)
 
-    mdl = pick(model, "model", "lenet300")
+    mdl = pick(model, "model")
     cfg = RunConfig(
-        model=mdl, data=pick(data, "data", "digits"), methods=methods, options=preset,
+        model=mdl, data=pick(data, "data"), methods=methods, options=preset,
         model_options={**rec.get("model_options", {}), **_model_options(model_opt)},
-        epochs=pick(epochs, "epochs", 10), baseline_epochs=pick(baseline_epochs, "baseline_epochs", 20),
-        lr=pick(lr, "lr", None), batch_size=pick(batch_size, "batch_size", 64),
-        optimizer=pick(optimizer, "optimizer", "sgd"), seed=pick(seed, "seed", 0),
-        out=pick(out_dir, "out", f"runs/{Path(mdl).stem}-{'-'.join(methods)}"), teacher=pick(teacher, "teacher", None),
+        epochs=pick(epochs, "epochs"), baseline_epochs=pick(baseline_epochs, "baseline_epochs"),
+        lr=pick(lr, "lr"), batch_size=pick(batch_size, "batch_size"),
+        optimizer=pick(optimizer, "optimizer"), seed=pick(seed, "seed"),
+        out=pick(out_dir, "out", f"runs/{Path(mdl).stem}-{'-'.join(methods)}"), teacher=pick(teacher, "teacher"),
         weights=weights, trust_checkpoint=trust_checkpoint, resume=resume, sparse_inference=sparse_inference,
         latency=latency, quiet=quiet or as_json,
     )
@@ -150,6 +150,11 @@ def print_summary(report: dict, out_path: Path) -> None:
     table.add_column("change", justify="right")
     table.add_row("test accuracy", f"{100 * b['accuracy']:.2f} %", f"{100 * f['accuracy']:.2f} %",
                   f"{100 * (f['accuracy'] - b['accuracy']):+.2f} pt")
+    for s in report["stages"]:  # a stage's own control run (distill baseline=true): the student on labels alone
+        if isinstance(s.get("labels_only_accuracy"), (int, float)):
+            table.add_row(f"test accuracy, labels-only control ({s['method']})", f"{100 * b['accuracy']:.2f} %",
+                          f"{100 * s['labels_only_accuracy']:.2f} %",
+                          f"{100 * (s['labels_only_accuracy'] - b['accuracy']):+.2f} pt")
     table.add_row("parameters", f"{b['params']:,}", f"{f['params']:,}", f"{f['params'] / b['params']:.2f}x")
     table.add_row("non-zero parameters", f"{b['nonzero_params']:,}", f"{f['nonzero_params']:,}",
                   f"{b['nonzero_params'] / max(f['nonzero_params'], 1):.1f}x fewer")
@@ -164,7 +169,9 @@ def print_summary(report: dict, out_path: Path) -> None:
                       f"{b['latency_ms'] / f['latency_ms']:.2f}x")
     out.print(table)
     for s in report["stages"]:
-        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %, {s['seconds']:.1f} s")
+        uplift = (f", {100 * s['kd_uplift']:+.2f} pt over its labels-only control"
+                  if isinstance(s.get("kd_uplift"), (int, float)) else "")
+        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %{uplift}, {s['seconds']:.1f} s")
     out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}")
 
 
@@ -186,16 +193,16 @@ def sweep(
 
 @app.command()
 def train(
-    model: str = typer.Option("lenet300", help="Zoo model name."),
-    data: str = typer.Option("digits", help="Data set."),
-    epochs: int = typer.Option(20, help="Epochs."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate."),
-    batch_size: int = typer.Option(64),
-    optimizer: str = typer.Option("sgd"),
-    seed: int = typer.Option(0),
+    model: str = typer.Option(DEFAULTS["model"], help="Zoo model name."),
+    data: str = typer.Option(DEFAULTS["data"], help="Data set."),
+    epochs: int = typer.Option(DEFAULTS["baseline_epochs"], help="Epochs."),
+    lr: Optional[float] = typer.Option(DEFAULTS["lr"], help="Learning rate."),
+    batch_size: int = typer.Option(DEFAULTS["batch_size"]),
+    optimizer: str = typer.Option(DEFAULTS["optimizer"]),
+    seed: int = typer.Option(DEFAULTS["seed"]),
     model_opt: Optional[List[str]] = typer.Option(None, "--model-opt", help="Model option KEY=VALUE."),
     out_file: Path = typer.Option(Path("baseline.slim"), "--out", help="Where to write the trained model."),
-    quiet: bool = typer.Option(False),
+    quiet: bool = typer.Option(DEFAULTS["quiet"]),
 ):
     """Train a zoo model from scratch and save it as a .slim file."""
     from slimkit import distributed, storage

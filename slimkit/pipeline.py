@@ -11,17 +11,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from slimkit import __version__, distributed, faults, storage
 from slimkit.api import StageContext
+from slimkit.config import RunConfig, validate_config  # RunConfig: imported from here too
 from slimkit.data import load_data
 from slimkit.errors import UserError
 from slimkit.measure import measure_latency, model_stats
@@ -30,72 +29,6 @@ from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
 from slimkit.rundir import OutLock, check_resume_settings
 from slimkit.train import Trainer, seed_everything
-
-
-@dataclass
-class RunConfig:
-    model: str = "lenet300"
-    data: str = "digits"
-    methods: list = field(default_factory=lambda: ["prune"])
-    options: dict = field(default_factory=dict)  # method -> {key: raw value}
-    model_options: dict = field(default_factory=dict)
-    epochs: int = 10
-    baseline_epochs: int = 20
-    lr: float | None = None
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    seed: int = 0
-    out: str = "runs/default"
-    teacher: str | None = None
-    weights: str | None = None
-    trust_checkpoint: bool = False
-    resume: bool = False
-    sparse_inference: bool = False
-    latency: bool = True
-    quiet: bool = False
-    cache_dir: str | None = None
-    val_fraction: float = 0.1
-
-
-# (setting, type, lowest allowed value) for the RunConfig fields a user sets; None: no bound
-_SETTING_RULES = {
-    "model": (str, None), "data": (str, None), "epochs": (int, 0), "baseline_epochs": (int, 0),
-    "lr": (float, None), "batch_size": (int, 1), "optimizer": (str, None), "seed": (int, 0),
-    "out": (str, None), "teacher": (str, None), "weights": (str, None), "val_fraction": (float, None),
-}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def validate_config(cfg: RunConfig) -> None:
-    """Check the run's settings (from flags, a recipe or a sweep) before anything runs:
-    types, NaN and infinity, ranges. Each failure is one :class:`UserError` line."""
-    for name, (kind, low) in _SETTING_RULES.items():
-        value = getattr(cfg, name)
-        if value is None and name in ("lr", "teacher", "weights"):
-            continue
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            expected = {int: "an integer", float: "a number", str: "a string"}[kind]
-            raise UserError(f"{_flag(name)} {value!r} is invalid: expected {expected}")
-        if kind is float and not math.isfinite(value):
-            raise UserError(f"{_flag(name)} {value} is invalid: expected a finite number")
-        if low is not None and value < low:
-            raise UserError(f"{_flag(name)} {value} is invalid: expected an integer >= {low}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
-    if not 0 < cfg.val_fraction < 1:
-        raise UserError(f"val_fraction {cfg.val_fraction} is invalid: expected a number in (0, 1)")
-    if cfg.optimizer not in ("sgd", "adam"):
-        raise UserError(f"--optimizer {cfg.optimizer!r} is invalid: expected sgd or adam")
-    if not isinstance(cfg.model_options, dict):
-        raise UserError(f"model_options {cfg.model_options!r} is invalid: expected a table of KEY = VALUE")
-    if not cfg.methods:
-        raise UserError("no method to apply: give --method (or [[stage]] tables in the recipe)")
 
 
 def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], preset: dict | None = None) -> dict:
@@ -136,6 +69,20 @@ def baseline_key(cfg: RunConfig, bundle) -> str:
                        "lr": cfg.lr, "optimizer": cfg.optimizer, "batch_size": cfg.batch_size,
                        "val_fraction": cfg.val_fraction, "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def baseline_curve_path(cached: Path) -> Path:
+    """Where the training curve (the metrics rows) of a cached baseline is kept, beside its weights."""
+    return cached.with_name(f"{cached.stem}.curve.json")
+
+
+def _read_curve(path: Path) -> list[dict]:
+    """A cached baseline's curve; [] for caches written before curves were kept (or unreadable)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else []
 
 
 class Run:
@@ -219,12 +166,14 @@ class Run:
         # a zoo model: trained here, cached by model, data, seed and epochs
         cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         cached = cache / "baselines" / f"{cfg.model}-{baseline_key(cfg, self.bundle)}.slim"
+        curve_file = baseline_curve_path(cached)
         if cached.exists():
             try:
                 loaded = storage.load_model(cached, self.registry)
                 self.log(f"baseline: reusing cached {cfg.model} ({cached})")
                 return loaded.model.to(self.device), {"source": "cache", "cache_file": str(cached),
-                                                      "epochs": cfg.baseline_epochs}
+                                                      "epochs": cfg.baseline_epochs,
+                                                      "history": _read_curve(curve_file)}
             except UserError as exc:
                 self.log(f"[yellow]baseline cache {cached} unreadable ({exc}); training again[/yellow]")
         seed_everything(cfg.seed)
@@ -237,6 +186,9 @@ class Run:
         history = trainer.fit(model, ctx, epochs=cfg.baseline_epochs, lr=cfg.lr, label="baseline",
                               optimizer=cfg.optimizer)
         if self.dist.is_main:
+            # the training curve first, then the weights: a cached .slim always has its curve beside it
+            curve_file.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(curve_file, json.dumps(history, default=_json_default))
             storage.save_model(cached, model, self.registry, info=self.header_info(cfg.model))
         distributed.barrier(self.dist)
         return model, {"source": "trained", "epochs": cfg.baseline_epochs, "seconds": time.perf_counter() - t0,
@@ -377,6 +329,8 @@ class Run:
                 f"median of 50 forward passes at batch 1 after 10 warm-up, interleaved, "
                 f"{torch.get_num_threads()} threads, {self.device}")
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        if not any(h.get("stage") == "baseline" for h in history):  # a cached baseline: its curve from the cache
+            history = [*baseline_info.get("history", []), *history]
         report = {
             "slimkit_version": __version__,
             "model": cfg.model,

@@ -1,7 +1,7 @@
-"""Progress display: rich bars on rank 0, nothing when quiet or on other ranks."""
+"""Progress display on rank 0 (nothing when quiet or on other ranks): rich bars on a terminal;
+elsewhere (a log file, a pipe) one plain line per epoch, so that a long run's log shows it is alive."""
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -23,12 +23,21 @@ class Reporter:
         if not self.enabled:
             yield _NullTask()
             return
+        if not console.is_terminal:  # a bar would only be drawn once, at the end
+            yield _LineTask(description)
+            return
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, transient=False, disable=not sys.stderr.isatty() and False)
+                            console=console, transient=False)
         with progress:
             task = progress.add_task(description, total=total, status="")
             yield _Task(progress, task)
+
+
+def epoch_line(stage: str, epoch: int, epochs: int, loss: float, val_accuracy: float | None, seconds: float) -> str:
+    """One epoch as one plain line: stage, epoch/epochs, train loss, validation accuracy, seconds."""
+    val = f"val accuracy {val_accuracy:.4f}" if val_accuracy is not None else "val accuracy -"
+    return f"{stage}: epoch {epoch}/{epochs} loss {loss:.4f} {val} {seconds:.1f} s"
 
 
 class _Task:
@@ -42,10 +51,33 @@ class _Task:
     def describe(self, description: str):
         self.progress.update(self.task, description=description)
 
+    def epoch_done(self, epoch, epochs, loss, val_accuracy, seconds):
+        pass  # the bar's status line shows it
+
+
+class _LineTask:
+    """No bar: a line per finished epoch."""
+
+    def __init__(self, description: str):
+        self.description = description
+
+    def advance(self, n=1, status=None):
+        pass
+
+    def describe(self, description):
+        self.description = description
+
+    def epoch_done(self, epoch, epochs, loss, val_accuracy, seconds):
+        console.print(epoch_line(self.description, epoch, epochs, loss, val_accuracy, seconds), markup=False,
+                      highlight=False, soft_wrap=True)
+
 
 class _NullTask:
     def advance(self, n=1, status=None):
         pass
 
     def describe(self, description):
+        pass
+
+    def epoch_done(self, epoch, epochs, loss, val_accuracy, seconds):
         pass

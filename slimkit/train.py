@@ -211,6 +211,8 @@ class Trainer:
                     self._emit("epoch_finished", stage=label, epoch=epoch + 1, metrics=metrics)
                     val = f" val {metrics['val_accuracy']:.4f}" if evaluate else ""
                     bar.advance(0, status=f"epoch {epoch + 1}/{epochs} loss {metrics['train_loss']:.4f}{val}")
+                    bar.epoch_done(epoch + 1, epochs, metrics["train_loss"], metrics.get("val_accuracy"),
+                                   metrics["seconds"])
                     save_checkpoint(epoch + 1)
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted during {label}; checkpoint in {ckpt.parent if ckpt else '(none)'}; "

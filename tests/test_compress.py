@@ -1,6 +1,7 @@
 """A compress run end to end on real data (scikit-learn's digits): the report's numbers
 are those of the files actually written and of the artifact loaded back."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +144,59 @@ def test_sparse_inference_run(tmp_path):
     assert desc["latency_ms"] > 0 and desc["latency_dense_ms"] > 0
     assert desc["sparse_speedup"] == pytest.approx(desc["latency_dense_ms"] / desc["latency_ms"])
     assert desc["nonzero_params"] == report["final"]["nonzero_params"]
+
+
+TINY = ("compress", "--model", "lenet300", "--model-opt", "width=0.1", "--data", "synthetic:96x1x8x8@4",
+        "--baseline-epochs", "2", "--epochs", "1", "--set", "sparsity=0.5", "--no-latency", "--seed", "11")
+
+
+def test_cached_baseline_keeps_its_training_curve_for_the_plot(tmp_path, monkeypatch):
+    import slimkit.plots
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    plotted = []
+    real = slimkit.plots.training_curves
+    monkeypatch.setattr(slimkit.plots, "training_curves",
+                        lambda history, *a: plotted.append(history) or real(history, *a))
+    assert cli(*TINY, "--quiet", "--out", tmp_path / "trained") == 0
+    assert cli(*TINY, "--quiet", "--out", tmp_path / "cached") == 0
+    assert json.loads((tmp_path / "cached" / "report.json").read_text())["baseline"]["source"] == "cache"
+    cache = tmp_path / "cache" / "baselines"
+    weights, = cache.glob("*.slim")
+    assert [p.name for p in cache.glob("*.curve.json")] == [weights.stem + ".curve.json"]  # beside the weights
+    trained, cached = ([h for h in history if h["stage"] == "baseline"] for history in plotted)
+    assert [h["epoch"] for h in trained] == [1, 2] and cached == trained  # the same curve, from the cache
+    assert [h["stage"] for h in plotted[1]] == ["baseline", "baseline", "prune"]
+    # metrics.jsonl stays the record of what this run trained
+    lines = [json.loads(l) for l in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
+    assert {l["stage"] for l in lines} == {"prune"}
+
+
+def test_one_plain_line_per_epoch_when_output_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path / "cache"))
+    assert cli(*TINY, "--out", tmp_path / "o") == 0
+    err = capsys.readouterr().err
+    epochs = [l for l in err.splitlines() if ": epoch " in l]
+    assert [l.split(" loss ")[0] for l in epochs] == ["baseline: epoch 1/2", "baseline: epoch 2/2", "prune: epoch 1/1"]
+    metrics = [json.loads(l) for l in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    for line, m in zip(epochs, metrics):
+        assert f"loss {m['train_loss']:.4f} val accuracy {m['val_accuracy']:.4f} " in line and line.endswith(" s")
+    assert "━" not in err  # no progress bar drawn into the log
+
+
+def test_summary_shows_the_labels_only_control_as_its_own_row(capsys):
+    from slimkit.cli import print_summary
+
+    side = {"accuracy": 0.95, "params": 1000, "nonzero_params": 1000, "sparsity": 0.0, "size_bytes": 4096,
+            "macs": 1000, "nonzero_macs": 1000}
+    report = {"model": "lenet300", "dataset": {"description": "digits"}, "baseline": side,
+              "final": {**side, "accuracy": 0.93, "params": 300}, "compression_ratio": 3.0,
+              "stages": [{"method": "distill", "accuracy": 0.93, "seconds": 2.0, "labels_only_accuracy": 0.9,
+                          "kd_uplift": 0.03}]}
+    print_summary(report, Path("out"))
+    text = capsys.readouterr().out
+    row = next(l for l in text.splitlines() if "labels-only control (distill)" in l)
+    assert "95.00 %" in row and "90.00 %" in row and "-5.00 pt" in row
+    assert "+3.00 pt over its labels-only control" in text
+    print_summary({**report, "stages": [{"method": "prune", "accuracy": 0.93, "seconds": 2.0}]}, Path("out"))
+    assert "labels-only" not in capsys.readouterr().out

@@ -107,7 +107,8 @@ methods = ["structural"]
     for r in rows[1:]:
         assert int(r["params"]) < base_params and float(r["baseline_accuracy"]) == float(rows[0]["accuracy"])
         assert r["epochs_to_95"] == "1" and float(r["compression_ratio"]) > 1
-    for name in ("results.md", "accuracy.png", "convergence.png", "accuracy_vs_params.png", "grid.toml"):
+    for name in ("results.md", "accuracy.png", "convergence.png", "accuracy_vs_nonzero_params.png",
+                 "accuracy_vs_file_size.png", "grid.toml"):
         assert (out / name).exists(), name
     md = (out / "results.md").read_text()
     assert "| regime | frozen | thawed |" in md and "| block=3 |" in md
@@ -260,3 +261,105 @@ methods = ["toy"]
                      if "finished earlier, skipped" in line)
     assert skipped == finished
     assert [r["status"] for r in rows_of(out)] == ["done"] * 5
+
+
+def test_cli_and_sweep_defaults_are_runconfigs(tmp_path, monkeypatch):
+    import dataclasses
+
+    import typer
+
+    import slimkit.pipeline
+    from slimkit.cli import app
+    from slimkit.pipeline import RunConfig
+
+    defaults = RunConfig()
+    seen = []
+
+    class Captured:
+        def __init__(self, cfg, option_pairs=()):
+            seen.append(cfg)
+
+        def execute(self):
+            return None
+
+    monkeypatch.setattr(slimkit.pipeline, "Run", Captured)
+    assert cli("compress") == 0  # no flag, no recipe: every setting is RunConfig's default
+    assert seen[0].out == f"runs/{defaults.model}-{'-'.join(defaults.methods)}"
+    assert dataclasses.replace(seen[0], out=defaults.out) == defaults
+    # a recipe without the keys falls back to the same defaults
+    recipe = write(tmp_path / "r.toml", '[[stage]]\nmethod = "prune"\n')
+    assert cli("compress", "--recipe", recipe) == 0
+    assert dataclasses.replace(seen[1], out=defaults.out, options={}) == defaults
+
+    commands = typer.main.get_command(app).commands
+    compress_flags = {p.name: p.default for p in commands["compress"].params}
+    for name in ("trust_checkpoint", "resume", "sparse_inference", "latency", "quiet"):
+        assert compress_flags[name] == getattr(defaults, name), name
+    train = {p.name: p.default for p in commands["train"].params}
+    assert (train["model"], train["data"], train["epochs"], train["lr"], train["batch_size"], train["optimizer"],
+            train["seed"]) == (defaults.model, defaults.data, defaults.baseline_epochs, defaults.lr,
+                               defaults.batch_size, defaults.optimizer, defaults.seed)
+    helps = {p.name: p.help for p in commands["compress"].params}
+    assert f"(default {defaults.epochs})" in helps["epochs"]
+    assert f"(default {defaults.baseline_epochs})" in helps["baseline_epochs"]
+
+    grid = read_grid(write(tmp_path / "g.toml", 'models = ["lenet300"]\ndata = ["digits"]\n'))
+    assert (grid.epochs, grid.baseline_epochs, grid.lr, grid.batch_size, grid.optimizer, grid.seeds,
+            grid.latency, grid.cache_dir) == (defaults.epochs, defaults.baseline_epochs, defaults.lr,
+                                              defaults.batch_size, defaults.optimizer, [defaults.seed],
+                                              defaults.latency, defaults.cache_dir)
+
+
+def _fake_rows(grid, cells):
+    """results rows as collect() makes them, for unstructured pruning: the dense parameter count stays, the
+    non-zeros and the bytes fall with sparsity."""
+    rows = []
+    for cell in cells:
+        sparsity = cell.swept.get("prune.sparsity", 0.0)
+        rows.append({"cell": cell.id, "kind": cell.kind, "model": cell.model, "model_options": "{}", "data": cell.data,
+                     "seed": cell.seed, "methods": "+".join(cell.methods) or "(none)", "status": "done",
+                     **{k: str(v) for k, v in cell.swept.items()},
+                     "baseline_accuracy": 0.97, "accuracy": 0.97 - sparsity / 10, "params": 26_000,
+                     "nonzero_params": round(26_000 * (1 - sparsity)), "size_bytes": round(104_000 * (1 - sparsity)),
+                     "compression_ratio": 1 / (1 - sparsity), "epochs_to_95": 2 if cell.methods else "",
+                     "val_accuracy_curve": "[0.8, 0.95, 0.96]" if cell.methods else "[]", "seconds": 1.0,
+                     "error": ""})
+    return rows
+
+
+def test_results_md_names_every_column_and_heading_and_size_plots_use_nonzeros_and_bytes(tmp_path):
+    from slimkit.sweep import markdown, plots
+    from slimkit.sweep.plots import size_series
+
+    grid = read_grid(write(tmp_path / "g.toml", f'''
+out = "{tmp_path / 'out'}"
+models = ["lenet300"]
+data = ["digits"]
+methods = ["prune"]
+[options]
+"prune.sparsity" = [0.5, 0.9]
+'''))
+    rows = _fake_rows(grid, expand(grid))
+    md = markdown(grid, rows)
+    assert "## lenet300 on digits, seed 0" in md and "{}" not in md
+    tables = md.split("### ")
+    accuracy = next(t for t in tables if t.startswith("test accuracy (%)"))
+    epochs = next(t for t in tables if t.startswith("epochs to 95 %"))
+    assert "| sparsity | test accuracy (%) |" in accuracy and "| sparsity=0.9 | 88.00 |" in accuracy
+    assert "| sparsity | epochs to 95 % |" in epochs and "| sparsity=0.9 | 2 |" in epochs
+    assert "accuracy" not in epochs.split("\n## ")[0]
+    # with model options the heading names them
+    md = markdown(grid, [{**r, "model_options": '{"width": 0.5}'} for r in rows])
+    assert "## lenet300 (width=0.5) on digits, seed 0" in md
+
+    # accuracy against size: x is the non-zero count / the file's bytes, distinct for every sparsity
+    assert {k: [x for x, _, _ in v] for k, v in size_series(grid, rows, "nonzero_params").items()} == \
+        {"baseline": [26_000], "prune": [13_000, 2_600]}
+    assert [x for x, _, _ in size_series(grid, rows, "size_bytes")["prune"]] == [52_000, 10_400]
+    assert [text for _, _, text in size_series(grid, rows, "size_bytes")["prune"]] == ["0.5", "0.9"]
+    grid.out.mkdir()
+    (grid.out / "accuracy_vs_params.png").write_bytes(b"stale figure of an earlier version")
+    plots(grid, rows)
+    for name in ("accuracy.png", "convergence.png", "accuracy_vs_nonzero_params.png", "accuracy_vs_file_size.png"):
+        assert (grid.out / name).stat().st_size > 5_000, name
+    assert not (grid.out / "accuracy_vs_params.png").exists()

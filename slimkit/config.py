@@ -1,0 +1,97 @@
+"""A run's settings: :class:`RunConfig` holds every default of a compress run, read by the CLI,
+recipes and sweeps alike (:func:`run_defaults`); :func:`read_toml` reads recipe and grid files.
+
+Kept free of torch so that the CLI can show these defaults in ``--help`` without loading it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slimkit.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    model: str = "lenet300"
+    data: str = "digits"
+    methods: list = field(default_factory=lambda: ["prune"])
+    options: dict = field(default_factory=dict)  # method -> {key: raw value}
+    model_options: dict = field(default_factory=dict)
+    epochs: int = 10
+    baseline_epochs: int = 20
+    lr: float | None = None
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    seed: int = 0
+    out: str = "runs/default"
+    teacher: str | None = None
+    weights: str | None = None
+    trust_checkpoint: bool = False
+    resume: bool = False
+    sparse_inference: bool = False
+    latency: bool = True
+    quiet: bool = False
+    cache_dir: str | None = None
+    val_fraction: float = 0.1
+
+
+# (setting, type, lowest allowed value) for the RunConfig fields a user sets; None: no bound
+_SETTING_RULES = {
+    "model": (str, None), "data": (str, None), "epochs": (int, 0), "baseline_epochs": (int, 0),
+    "lr": (float, None), "batch_size": (int, 1), "optimizer": (str, None), "seed": (int, 0),
+    "out": (str, None), "teacher": (str, None), "weights": (str, None), "val_fraction": (float, None),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check the run's settings (from flags, a recipe or a sweep) before anything runs:
+    types, NaN and infinity, ranges. Each failure is one :class:`UserError` line."""
+    for name, (kind, low) in _SETTING_RULES.items():
+        value = getattr(cfg, name)
+        if value is None and name in ("lr", "teacher", "weights"):
+            continue
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            expected = {int: "an integer", float: "a number", str: "a string"}[kind]
+            raise UserError(f"{_flag(name)} {value!r} is invalid: expected {expected}")
+        if kind is float and not math.isfinite(value):
+            raise UserError(f"{_flag(name)} {value} is invalid: expected a finite number")
+        if low is not None and value < low:
+            raise UserError(f"{_flag(name)} {value} is invalid: expected an integer >= {low}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"val_fraction {cfg.val_fraction} is invalid: expected a number in (0, 1)")
+    if cfg.optimizer not in ("sgd", "adam"):
+        raise UserError(f"--optimizer {cfg.optimizer!r} is invalid: expected sgd or adam")
+    if not isinstance(cfg.model_options, dict):
+        raise UserError(f"model_options {cfg.model_options!r} is invalid: expected a table of KEY = VALUE")
+    if not cfg.methods:
+        raise UserError("no method to apply: give --method (or [[stage]] tables in the recipe)")
+
+
+def run_defaults() -> dict:
+    """Every :class:`RunConfig` field's default value, by name (factories called: fresh lists and dicts)."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(RunConfig)}
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """The table in a TOML file; a missing file or bad TOML is a :class:`UserError` naming ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None
