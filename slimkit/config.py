@@ -76,8 +76,6 @@ def validate_config(cfg: RunConfig) -> None:
         raise UserError(f"--optimizer {cfg.optimizer!r} is invalid: expected sgd or adam")
     if not isinstance(cfg.model_options, dict):
         raise UserError(f"model_options {cfg.model_options!r} is invalid: expected a table of KEY = VALUE")
-    if not cfg.methods:
-        raise UserError("no method to apply: give --method (or [[stage]] tables in the recipe)")
 
 
 def run_defaults() -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from slimkit import distributed
 from slimkit.errors import UserError
+from slimkit.rundir import OutLock
 from slimkit.sweep.grid import read_grid, validate
 from slimkit.sweep.report import collect, read_json, write_json, write_results
 
@@ -23,9 +24,6 @@ def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbo
               log=print) -> dict:
     """Run (or with ``dry_run`` only validate and list) a grid. Returns ``{"rows", "failed", "ran",
     "skipped", "out"}`` (``rows`` only on rank 0)."""
-    from slimkit.pipeline import Run, RunConfig
-    from slimkit.train import Interrupted
-
     grid = read_grid(Path(grid_path), out)
     cells = validate(grid)
     dist = distributed.setup()
@@ -38,6 +36,19 @@ def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbo
             say(f"  {c.id}")
         distributed.teardown(dist)
         return {"rows": [], "failed": [], "ran": [], "skipped": [], "out": grid.out, "cells": cells}
+    lock = OutLock(grid.out, "sweep").acquire() if main else None  # one sweep per output directory
+    try:
+        return _run_cells(grid, cells, dist, say, verbose)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_cells(grid, cells, dist, say, verbose: bool) -> dict:
+    from slimkit.pipeline import Run, RunConfig
+    from slimkit.train import Interrupted
+
+    main = dist.is_main
     if main:
         (grid.out / "cells").mkdir(parents=True, exist_ok=True)
         if grid.path.resolve() != (grid.out / "grid.toml").resolve():
