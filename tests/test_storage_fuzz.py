@@ -1,7 +1,10 @@
 """Fuzzing the .slim reader: mutated files load (as the original or another valid model)
 or are refused with a UserError -- never another exception, a hang or a huge allocation.
 
-The file under attack holds every codec: csr with codebook indices and Huffman-coded
+The file under attack has no checksums, as a file written before them (or a hostile one)
+has: with them any changed tensor byte is refused before decoding
+(tests/test_storage_integrity.py), and the decoders behind them must be safe on their own.
+It holds every codec: csr with codebook indices and Huffman-coded
 streams, csr with fp32 values, codebook indices packed without Huffman, int8 with a
 mask, the 1-bit ``masked`` codec, dense tensors, and derived masks, codebooks and scales.
 """
@@ -60,11 +63,15 @@ MODEL = _model()
 _DIR = Path(tempfile.mkdtemp(prefix="slimkit-fuzz-"))
 atexit.register(shutil.rmtree, _DIR, True)
 storage.save_model(_DIR / "original.slim", MODEL, REGISTRY, info=INFO)
-ORIGINAL = (_DIR / "original.slim").read_bytes()
-HEADER_LEN = struct.unpack("<Q", ORIGINAL[:8])[0]
-OUTER = json.loads(ORIGINAL[8:8 + HEADER_LEN])
+_WRITTEN = (_DIR / "original.slim").read_bytes()
+_WRITTEN_LEN = struct.unpack("<Q", _WRITTEN[:8])[0]
+OUTER = json.loads(_WRITTEN[8:8 + _WRITTEN_LEN])
 SLIMKIT = json.loads(OUTER["__metadata__"]["slimkit"])
-DATA = ORIGINAL[8 + HEADER_LEN:]
+SLIMKIT.pop("checksum")
+for _entry in SLIMKIT["tensors"].values():
+    _entry.pop("crc32", None)
+OUTER["__metadata__"]["slimkit"] = json.dumps(SLIMKIT, separators=(",", ":"))
+DATA = _WRITTEN[8 + _WRITTEN_LEN:]
 
 
 def test_the_fuzzed_file_uses_every_codec():
@@ -77,6 +84,10 @@ def _file(outer: dict, data: bytes) -> bytes:
     blob = json.dumps(outer, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     return struct.pack("<Q", len(blob)) + blob + data
+
+
+ORIGINAL = _file(OUTER, DATA)
+HEADER_LEN = struct.unpack("<Q", ORIGINAL[:8])[0]
 
 
 def _with_slimkit_text(text: str) -> bytes:

@@ -166,7 +166,7 @@ def _checked_entries(header: dict) -> dict[str, dict]:
     if not isinstance(entries, dict):
         raise ValueError("'tensors' must be an object")
     checked = _has_checksums(header)
-    if checked and header.get("checksum") != CHECKSUM:
+    if "checksum" in header and header["checksum"] != CHECKSUM:
         raise ValueError(f"the header's checksum is {header.get('checksum')!r}; this slimkit checks {CHECKSUM!r}")
     for key, entry in entries.items():
         if not isinstance(entry, dict):
