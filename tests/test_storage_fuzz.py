@@ -26,9 +26,8 @@ from hypothesis import strategies as st
 
 from slimkit import storage
 from slimkit.errors import UserError
-from slimkit.nn import Int8Linear, MaskedLinear, QuantizedLinear
 from slimkit.plugins import load_registry
-from slimkit_plugins import quantize as qz
+from slim_models import every_codec_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -37,29 +36,8 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _model():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), QuantizedLinear(36, 24, num_codes=16, index_bits=4, pos_bits=3),
-                          nn.ReLU(), QuantizedLinear(24, 16, num_codes=8, huffman=False), nn.ReLU(),
-                          Int8Linear(16, 12), nn.ReLU(), MaskedLinear(12, 8), MaskedLinear(8, 4))
-    for layer, sparsity in ((model[1], 0.8), (model[3], 0.0)):
-        k = layer.weight_codebook.numel()
-        layer.set_codes(torch.sort(torch.randn(k)).values, torch.randint(0, k, layer.weight.shape),
-                        torch.rand(layer.weight.shape) >= sparsity)
-    mask = (torch.rand(12, 16) > 0.3).float()
-    q, scale = qz.int8_quantize(model[5].weight, mask)
-    with torch.no_grad():
-        model[5].weight_scale.copy_(scale)
-        model[5].weight.copy_(storage.int8_dequantize(q, scale))
-        model[5].weight_mask.copy_(mask)
-    model[7].set_mask((torch.rand(8, 12) > 0.6).float())
-    model[7].slimkit_storage = {"codec": "csr", "pos_bits": 2}
-    model[8].set_mask((torch.rand(4, 8) > 0.5).float())
-    return model
-
-
 REGISTRY = load_registry()  # the quantised layer types are the engine's (slimkit.nn.quantized)
-MODEL = _model()
+MODEL = every_codec_model()
 _DIR = Path(tempfile.mkdtemp(prefix="slimkit-fuzz-"))
 atexit.register(shutil.rmtree, _DIR, True)
 storage.save_model(_DIR / "original.slim", MODEL, REGISTRY, info=INFO)

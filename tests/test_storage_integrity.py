@@ -7,42 +7,17 @@ import zlib
 
 import pytest
 import torch
-import torch.nn as nn
 
 from slimkit import storage
 from slimkit.errors import UserError
-from slimkit.nn import Int8Linear, MaskedLinear, QuantizedLinear
 from slimkit.plugins import load_registry
-from slimkit_plugins import quantize as qz
 from conftest import cli
+from slim_models import every_codec_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
-INFO = {"model": "crc", "input_shape": [1, 4, 4], "num_classes": 3, "data": {"name": "digits"}}
+INFO = {"model": "crc", "input_shape": [1, 6, 6], "num_classes": 4, "data": {"name": "digits"}}
 REGISTRY = load_registry()
-
-
-def every_codec_model():
-    """Small, with every codec: csr + codebook + Huffman, codebook without Huffman, int8 with
-    a mask, masked, csr with fp32 values, dense."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), QuantizedLinear(16, 12, num_codes=8, pos_bits=3), nn.ReLU(),
-                          QuantizedLinear(12, 8, num_codes=4, huffman=False), Int8Linear(8, 8), nn.ReLU(),
-                          MaskedLinear(8, 6), MaskedLinear(6, 3))
-    for layer, sparsity in ((model[1], 0.7), (model[3], 0.0)):
-        k = layer.weight_codebook.numel()
-        layer.set_codes(torch.sort(torch.randn(k)).values, torch.randint(0, k, layer.weight.shape),
-                        torch.rand(layer.weight.shape) >= sparsity)
-    mask = (torch.rand(8, 8) > 0.3).float()
-    q, scale = qz.int8_quantize(model[4].weight, mask)
-    with torch.no_grad():
-        model[4].weight_scale.copy_(scale)
-        model[4].weight.copy_(storage.int8_dequantize(q, scale))
-        model[4].weight_mask.copy_(mask)
-    model[6].set_mask((torch.rand(6, 8) > 0.5).float())
-    model[7].set_mask((torch.rand(3, 6) > 0.5).float())
-    model[7].slimkit_storage = {"codec": "csr", "pos_bits": 2}
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +89,7 @@ def _assert_each_flip_refused(written, tmp_path, offsets):
 def test_every_single_changed_byte_in_the_tensor_data_is_refused_naming_its_tensor(written, tmp_path):
     raw, _, start = written
     size = len(raw) - start
-    assert 400 < size < 4000  # small enough to try every position
+    assert 400 < size < 8000  # small enough to try every position
     _assert_each_flip_refused(written, tmp_path, range(size))
 
 
