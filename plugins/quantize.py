@@ -57,8 +57,8 @@ import torch.nn as nn
 from slimkit import hookimpl, storage
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import (MaskedMixin, prunable_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes,
-                        to_masked)
+from slimkit.nn import MaskedMixin, prunable_layers, quantizable_layers, quantized_twin, replace_layer, to_masked
+from slimkit.storage import stored_bytes
 # The layer types and helpers moved to the engine (slimkit.nn.quantized); these names stay importable from
 # here for code written before the move. New code imports them from slimkit.nn.
 from slimkit.nn import Int8Conv2d, Int8Linear, QuantizedConv2d, QuantizedLinear, codebook_layers  # noqa: F401

@@ -72,7 +72,8 @@ import torch.nn.functional as F
 from slimkit import hookimpl, ops
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import codebook_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes, to_masked
+from slimkit.nn import codebook_layers, quantizable_layers, quantized_twin, replace_layer, to_masked
+from slimkit.storage import stored_bytes
 
 #: slimkit.ops.gmm_prior takes at most this many mixture components.
 MAX_COMPONENTS = 64

@@ -14,8 +14,9 @@ from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
 from slimkit.nn import (Int8Linear, MaskedLinear, QuantizedConv2d, QuantizedLinear, codebook_layers, quantizable_layers,
-                        quantized_twin, stored_bytes, to_masked)
+                        quantized_twin, to_masked)
 from slimkit.plugins import load_registry
+from slimkit.storage import stored_bytes
 from slimkit.progress import Reporter
 from slimkit.train import Trainer
 from slimkit_plugins import prune as pr

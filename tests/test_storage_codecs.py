@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 
 from slimkit import storage
 from slimkit.errors import UserError
@@ -308,7 +309,7 @@ def test_quantized_file_is_much_smaller_than_dense(tmp_path, registry):
     model = quantized_model()
     size = storage.save_model(tmp_path / "q.slim", model, registry, info=INFO)
     parts = {}
-    with storage.safe_open(str(tmp_path / "q.slim"), framework="pt") as f:
+    with safe_open(str(tmp_path / "q.slim"), framework="pt") as f:
         for name in f.keys():
             parts[name] = f.get_tensor(name)
     # 5-bit indices (Huffman) of 10 % of fc1 and 3-bit indices of fc2, int8 of fc3
@@ -457,7 +458,7 @@ def test_load_refuses_inconsistent_files(tmp_path, registry, damage):
 
 def test_registering_a_derived_codec_name_is_refused():
     with pytest.raises(ValueError):
-        storage.register_codec(storage.Codec("from_mask", storage._encode_dense, storage._decode_dense))
+        storage.register_codec(storage.Codec("from_mask", storage.codecs._encode_dense, storage.codecs._decode_dense))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         storage.default_plan(quantized_model())  # a consistent model plans without warnings

@@ -1,7 +1,10 @@
 """Fuzzing the .slim reader: mutated files load (as the original or another valid model)
 or are refused with a UserError -- never another exception, a hang or a huge allocation.
 
-The file under attack holds every codec: csr with codebook indices and Huffman-coded
+The file under attack has no checksums, as a file written before them (or a hostile one)
+has: with them any changed tensor byte is refused before decoding
+(tests/test_storage_integrity.py), and the decoders behind them must be safe on their own.
+It holds every codec: csr with codebook indices and Huffman-coded
 streams, csr with fp32 values, codebook indices packed without Huffman, int8 with a
 mask, the 1-bit ``masked`` codec, dense tensors, and derived masks, codebooks and scales.
 """
@@ -23,9 +26,8 @@ from hypothesis import strategies as st
 
 from slimkit import storage
 from slimkit.errors import UserError
-from slimkit.nn import Int8Linear, MaskedLinear, QuantizedLinear
 from slimkit.plugins import load_registry
-from slimkit_plugins import quantize as qz
+from slim_models import every_codec_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -34,37 +36,20 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def _model():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), QuantizedLinear(36, 24, num_codes=16, index_bits=4, pos_bits=3),
-                          nn.ReLU(), QuantizedLinear(24, 16, num_codes=8, huffman=False), nn.ReLU(),
-                          Int8Linear(16, 12), nn.ReLU(), MaskedLinear(12, 8), MaskedLinear(8, 4))
-    for layer, sparsity in ((model[1], 0.8), (model[3], 0.0)):
-        k = layer.weight_codebook.numel()
-        layer.set_codes(torch.sort(torch.randn(k)).values, torch.randint(0, k, layer.weight.shape),
-                        torch.rand(layer.weight.shape) >= sparsity)
-    mask = (torch.rand(12, 16) > 0.3).float()
-    q, scale = qz.int8_quantize(model[5].weight, mask)
-    with torch.no_grad():
-        model[5].weight_scale.copy_(scale)
-        model[5].weight.copy_(storage.int8_dequantize(q, scale))
-        model[5].weight_mask.copy_(mask)
-    model[7].set_mask((torch.rand(8, 12) > 0.6).float())
-    model[7].slimkit_storage = {"codec": "csr", "pos_bits": 2}
-    model[8].set_mask((torch.rand(4, 8) > 0.5).float())
-    return model
-
-
 REGISTRY = load_registry()  # the quantised layer types are the engine's (slimkit.nn.quantized)
-MODEL = _model()
+MODEL = every_codec_model()
 _DIR = Path(tempfile.mkdtemp(prefix="slimkit-fuzz-"))
 atexit.register(shutil.rmtree, _DIR, True)
 storage.save_model(_DIR / "original.slim", MODEL, REGISTRY, info=INFO)
-ORIGINAL = (_DIR / "original.slim").read_bytes()
-HEADER_LEN = struct.unpack("<Q", ORIGINAL[:8])[0]
-OUTER = json.loads(ORIGINAL[8:8 + HEADER_LEN])
+_WRITTEN = (_DIR / "original.slim").read_bytes()
+_WRITTEN_LEN = struct.unpack("<Q", _WRITTEN[:8])[0]
+OUTER = json.loads(_WRITTEN[8:8 + _WRITTEN_LEN])
 SLIMKIT = json.loads(OUTER["__metadata__"]["slimkit"])
-DATA = ORIGINAL[8 + HEADER_LEN:]
+SLIMKIT.pop("checksum")
+for _entry in SLIMKIT["tensors"].values():
+    _entry.pop("crc32", None)
+OUTER["__metadata__"]["slimkit"] = json.dumps(SLIMKIT, separators=(",", ":"))
+DATA = _WRITTEN[8 + _WRITTEN_LEN:]
 
 
 def test_the_fuzzed_file_uses_every_codec():
@@ -77,6 +62,10 @@ def _file(outer: dict, data: bytes) -> bytes:
     blob = json.dumps(outer, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     return struct.pack("<Q", len(blob)) + blob + data
+
+
+ORIGINAL = _file(OUTER, DATA)
+HEADER_LEN = struct.unpack("<Q", ORIGINAL[:8])[0]
 
 
 def _with_slimkit_text(text: str) -> bytes:

@@ -1,10 +1,10 @@
 """Module building blocks that slimkit can save, rebuild and compress."""
 from contextlib import contextmanager
 
-from slimkit.nn.spec import BUILTINS, ModuleRegistry, serializable, type_name
+from slimkit.nn.spec import BUILTINS, ModuleRegistry, serializable, storage_hints, type_name
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers, to_masked, to_plain, zero_pruned
 from slimkit.nn.quantized import (CodebookMixin, Int8Conv2d, Int8Linear, Int8Mixin, QuantizedConv2d, QuantizedLinear,
-                                  codebook_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes)
+                                  codebook_layers, quantizable_layers, quantized_twin, replace_layer)
 
 @contextmanager
 def eval_mode(model):
@@ -19,7 +19,7 @@ def eval_mode(model):
             m.training = mode
 
 
-__all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "type_name", "MaskedConv2d", "MaskedLinear",
+__all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "storage_hints", "type_name", "MaskedConv2d", "MaskedLinear",
            "MaskedMixin", "prunable_layers", "to_masked", "to_plain", "zero_pruned",
            "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
-           "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers", "stored_bytes"]
+           "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers"]

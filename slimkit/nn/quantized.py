@@ -28,13 +28,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from slimkit import storage
+from slimkit.nn.grids import min_index_bits
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers
 from slimkit.nn.spec import serializable
 
 __all__ = [
     "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
-    "QUANTIZED_MODULES", "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers", "stored_bytes",
+    "QUANTIZED_MODULES", "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers",
 ]
 
 _OLD_MODULE = "slimkit_plugins.quantize"  # where these classes lived before; old files name them so
@@ -52,17 +52,17 @@ class CodebookMixin:
     def _init_codebook(self, num_codes: int, index_bits: int, pos_bits: int, huffman: bool):
         if not 1 <= num_codes <= 256:
             raise ValueError(f"num_codes={num_codes}; expected 1 to 256")
-        if index_bits and not storage.min_index_bits(num_codes) <= index_bits <= 8:
+        if index_bits and not min_index_bits(num_codes) <= index_bits <= 8:
             raise ValueError(f"index_bits={index_bits} cannot index {num_codes} codes")
         if pos_bits and not 1 <= pos_bits <= 8:
             raise ValueError(f"pos_bits={pos_bits}; expected 1 to 8 (0 = the smallest)")
         self.register_buffer("weight_codebook", torch.zeros(num_codes))
-        self._storage = {"index_bits": index_bits or storage.min_index_bits(num_codes), "pos_bits": pos_bits,
+        self._storage = {"index_bits": index_bits or min_index_bits(num_codes), "pos_bits": pos_bits,
                          "huffman": bool(huffman)}
 
     @property
     def slimkit_storage(self) -> dict:
-        """Storage hints read by :func:`slimkit.storage.default_plan`."""
+        """Storage hints (the protocol of :func:`slimkit.nn.spec.storage_hints`)."""
         return dict(self._storage)
 
     @torch.no_grad()
@@ -193,14 +193,3 @@ def codebook_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     QuantizedConv2d) in ``model``, in ``named_modules()`` order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, CodebookMixin)]
 
-
-def stored_bytes(model: nn.Module, key: str) -> int:
-    """Bytes of tensor data the ``.slim`` writer stores for state-dict ``key`` (all its parts),
-    with the codec :func:`slimkit.storage.default_plan` picks for it; 0 for a derived key (a
-    mask or codebook stored inside its weight's entry). Encodes the tensor to count."""
-    plan = storage.default_plan(model)
-    codec, extra = plan.get(key, ("dense", {}))
-    if codec in storage.DERIVED:
-        return 0
-    parts, _ = storage.encode_tensor(model.state_dict()[key], codec, extra)
-    return sum(p.numel() * p.element_size() for p in parts.values())

@@ -11,6 +11,10 @@ A class that moved to another module keeps loading from files that name it by it
 ``module.QualName`` when it lists those names in a ``slimkit_type_aliases`` class
 attribute (a tuple of strings; read from the class itself, not inherited). Files are
 always written with the current name.
+
+A module also declares here how its weight wants to be stored (the storage-hints
+protocol, :func:`storage_hints`); :mod:`slimkit.storage` reads it, so layers never
+import the storage code.
 """
 from __future__ import annotations
 
@@ -180,3 +184,34 @@ def type_name(cls) -> str:
     if cls.__module__.startswith("torch.nn"):
         return cls.__name__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------------- storage hints
+#
+# How a module asks the ``.slim`` writer for a codec (docs/format.md, "How a model asks
+# for a codec"). For a module with a ``weight``, the buffers say what is true of it:
+#
+# * ``weight_codebook`` (float32, 1-256 entries): every kept weight is exactly one of its
+#   entries; stored as codebook indices (``csr`` when a ``weight_mask`` removes anything,
+#   else ``codebook``).
+# * ``weight_scale`` (float32, one per output channel): ``weight == q * scale`` with integer
+#   ``|q| <= 127``; stored as ``int8``.
+# * ``weight_mask`` alone: ``masked`` (``csr`` with fp32 values when the hints ask for it).
+#
+# and the hints (attribute :data:`STORAGE_HINTS`, a dict) say how to encode it.
+
+#: The attribute a module exposes its storage hints through. A property computed from
+#: constructor arguments survives saving and loading; a plain instance attribute only
+#: lasts while the model is in memory.
+STORAGE_HINTS = "slimkit_storage"
+#: The hints the writer reads: ``codec`` (``"csr"`` or ``"masked"``, for masked weights
+#: without a codebook), ``index_bits`` (1-8; default the fewest bits that index the
+#: codebook), ``pos_bits`` (1-8; 0 or absent = try all and keep the smallest) and
+#: ``huffman`` (bool; default True for codebook weights, False for fp32 ``csr``).
+STORAGE_HINT_KEYS = ("codec", "index_bits", "pos_bits", "huffman")
+
+
+def storage_hints(module: nn.Module) -> dict:
+    """A copy of ``module``'s storage hints (the :data:`STORAGE_HINTS` dict), or {}."""
+    hints = getattr(module, STORAGE_HINTS, None)
+    return dict(hints) if isinstance(hints, dict) else {}
