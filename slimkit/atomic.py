@@ -22,7 +22,7 @@ from pathlib import Path
 
 from slimkit.errors import UserError
 
-__all__ = ["atomic_write", "write_bytes", "fail_after_bytes", "FAULT_ENV"]
+__all__ = ["atomic_write", "write_bytes", "write_text", "fail_after_bytes", "FAULT_ENV"]
 
 #: Environment variable of the test seam (bytes each file may take before ENOSPC).
 FAULT_ENV = "SLIMKIT_FAULT_ENOSPC_AFTER"
@@ -149,6 +149,11 @@ def atomic_write(path, mode: str = "wb", *, advice: str = "choose another --out"
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def write_text(path, text: str, *, advice: str = "choose another --out") -> int:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the size of the file written."""
+    return write_bytes(path, text.encode("utf-8"), advice=advice)
 
 
 def write_bytes(path, data: bytes, *, advice: str = "choose another --out") -> int:

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from slimkit import atomic
 from slimkit.errors import UserError
 
 FORMATS = ("onnx", "torchscript")
@@ -129,7 +130,9 @@ def _tmp_path(out: Path) -> Path:
     return Path(tmp)
 
 
-def _export_torchscript(model: nn.Module, shape, tmp: Path, result: ExportResult) -> None:
+def _export_torchscript(model: nn.Module, shape, result: ExportResult) -> bytes:
+    """The traced model serialised in memory: torch.jit.save's C++ writer aborts the whole
+    process on a full disk, so it never writes a file; the caller writes the bytes."""
     import warnings
 
     example, _ = _reference(model, shape, TRACE_BATCH, seed=1)
@@ -140,10 +143,12 @@ def _export_torchscript(model: nn.Module, shape, tmp: Path, result: ExportResult
         try:
             with torch.no_grad():
                 traced = torch.jit.trace(model, (example,), check_trace=False)
-            torch.jit.save(traced, str(tmp))
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)
         except Exception as exc:  # tracing raises many types for unsupported code
             raise UserError(f"export: TorchScript tracing failed: {type(exc).__name__}: {exc}") from None
-        loaded = torch.jit.load(str(tmp), map_location="cpu")
+        data = buffer.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
     loaded.eval()
     x, want = _reference(model, shape, CHECK_BATCH)
     with torch.no_grad():
@@ -153,6 +158,7 @@ def _export_torchscript(model: nn.Module, shape, tmp: Path, result: ExportResult
     if not ok:
         raise UserError(f"export: the TorchScript model loaded back differs from the model (max |diff| {diff:.3g} "
                         f"> {ATOL:g} + {RTOL:g} |y|); nothing written")
+    return data
 
 
 def _require(module: str, what: str):
@@ -222,13 +228,21 @@ def export_model(model: nn.Module, input_shape, fmt: str, out, *, opset: int | N
     shape = [int(s) for s in input_shape]
     plain = dense_model(model).to("cpu").float()
     result = ExportResult(path=str(out), format=fmt, input_shape=shape, bytes=0)
-    tmp = _tmp_path(out)
+    if fmt == "torchscript":
+        result.bytes = atomic.write_bytes(out, _export_torchscript(plain, shape, result))
+        return result
+    # The ONNX exporter writes its file from Python, so a full disk is an OSError here: the
+    # temporary file in the destination directory goes, and the error becomes one line.
     try:
-        if fmt == "torchscript":
-            _export_torchscript(plain, shape, tmp, result)
-        else:
-            _export_onnx(plain, shape, tmp, result, opset)
+        tmp = _tmp_path(out)
+    except OSError as exc:
+        raise atomic.user_error(exc, out, "choose another --out") from None
+    try:
+        _export_onnx(plain, shape, tmp, result, opset)
         os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise atomic.user_error(exc, out, "choose another --out") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from slimkit import __version__, distributed, faults, storage
+from slimkit import __version__, atomic, distributed, faults, storage
 from slimkit.api import StageContext
 from slimkit.config import RunConfig, validate_config  # RunConfig: imported from here too
 from slimkit.data import load_data
@@ -211,6 +211,12 @@ class Run:
             lock.acquire()
         try:
             return self._execute(teardown)
+        except UserError:
+            # A fresh run that failed (a full disk, say) leaves --out as it found it; an
+            # interrupted run keeps .work for --resume, and so does a failed resume.
+            if self.dist.is_main and not self.cfg.resume:
+                shutil.rmtree(self.work, ignore_errors=True)
+            raise
         finally:
             if lock is not None:
                 lock.release()
@@ -384,6 +390,4 @@ def _json_default(obj):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)

@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from slimkit import atomic  # noqa: E402
+
 
 def training_curves(history: list[dict], path: Path, title: str) -> Path | None:
     """Loss and accuracy per epoch for every stage; the sparsity schedule beside the
@@ -38,6 +40,17 @@ def training_curves(history: list[dict], path: Path, title: str) -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return path
+
+
+def save_png(fig, path) -> None:
+    """Write a matplotlib figure as PNG atomically (rendered in memory, then one write), and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic.write_bytes(path, buffer.getvalue())

@@ -20,6 +20,7 @@ import socket
 import time
 from pathlib import Path
 
+from slimkit import atomic
 from slimkit.errors import UserError
 
 LOCK_NAME = ".slimkit.lock"
@@ -133,9 +134,7 @@ def check_resume_settings(work: Path, settings: dict, resume: bool) -> None:
                 raise UserError("--resume with different settings than the interrupted run: " + "; ".join(changed)
                                 + ". Use the original settings, or run without --resume to start over")
     Path(work).mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def _normalise(settings: dict) -> dict:

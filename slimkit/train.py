@@ -10,6 +10,7 @@ still raising sparsity). Reported accuracies come from the test split.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import random
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit import distributed
+from slimkit import atomic, distributed
 from slimkit.api import DistInfo, TrainCallback
 from slimkit.errors import TrainingDiverged, UserError
 from slimkit.nn import zero_pruned
@@ -118,7 +119,15 @@ class Trainer:
         best_state, best_acc = None, -1.0
         ckpt = self.checkpoint_dir / f"{key}.pt" if self.checkpoint_dir else None
         if self.resume and ckpt is not None and ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+                required = ("model", "epoch", "step", "history", "best_acc", "rng")
+                if not isinstance(state, dict) or any(k not in state for k in required):
+                    raise ValueError("not a slimkit training checkpoint")
+            except Exception as exc:  # truncated, corrupt, or not ours: never guess
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise UserError(f"--resume: checkpoint {ckpt} is unreadable ({first}); delete it to redo that "
+                                "stage, or run without --resume") from None
             model.load_state_dict(state["model"])
             if opt is not None and state.get("optimizer"):
                 opt.load_state_dict(state["optimizer"])
@@ -150,12 +159,14 @@ class Trainer:
             if ckpt is None or not self.dist.is_main:
                 return
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
+            # serialised in memory: torch.save's C++ writer fails with an opaque error on a full
+            # disk; the atomic writer turns that into one line and leaves no partial file
+            buffer = io.BytesIO()
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict() if opt else None,
                         "scheduler": sched.state_dict() if sched else None, "epoch": epoch_done, "step": step,
                         "history": json.dumps(history), "best_acc": best_acc, "best_state": best_state or {},
-                        "rng": torch.get_rng_state()}, tmp)
-            tmp.replace(ckpt)
+                        "rng": torch.get_rng_state()}, buffer)
+            atomic.write_bytes(ckpt, buffer.getvalue())
 
         try:
             if start_epoch == 0:
@@ -227,9 +238,7 @@ class Trainer:
             return
         kept = [line for line in self.metrics_path.read_text().splitlines()
                 if not _is_after(json.loads(line), label, call, epoch)]
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics_path)
+        atomic.write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def _write_metrics(self, metrics: dict) -> None:
         if self.metrics_path is None or not self.dist.is_main:

@@ -242,6 +242,14 @@ CLI_CASES = [
          setup=lambda ws: _tiny_slim(ws)),
     Case("export-under-a-file", ["export", "{ws}/m.slim", "--format", "torchscript", "--out", "{ws}/f/m.pt"], (),
          setup=lambda ws: (_tiny_slim(ws), write(ws / "f", "x"))),
+    # ---- a full disk (the atomic writer's seam: ENOSPC after N bytes of any one file)
+    Case("disk-full-at-first-write", ["compress", "--epochs", "1", "--baseline-epochs", "1", "--no-latency", "--quiet", *W],
+         ("no space left on device",), env={"SLIMKIT_FAULT_ENOSPC_AFTER": "0"}),
+    Case("disk-full-in-checkpoint", ["compress", "--epochs", "1", "--baseline-epochs", "1", "--no-latency", "--quiet", *W],
+         ("no space left on device",), env={"SLIMKIT_FAULT_ENOSPC_AFTER": "20000"}),
+    Case("disk-full-in-export", ["export", "{ws}/m.slim", "--format", "torchscript", "--out", "{ws}/e/m.pt"],
+         ("no space left on device", "m.pt"), env={"SLIMKIT_FAULT_ENOSPC_AFTER": "1000"},
+         setup=lambda ws: (_tiny_slim(ws), (ws / "e").mkdir())),
     Case("sweep-missing-grid", ["sweep", "{ws}/none.toml"], ("none.toml",)),
     Case("sweep-bad-grid", ["sweep", "{ws}/g.toml"], ("g.toml",), setup=lambda ws: write(ws / "g.toml", "model = 3\n")),
 ]
@@ -252,10 +260,10 @@ def test_cli_promise(case: Case, tmp_path, capsys, monkeypatch):
     ws = tmp_path / "ws"
     ws.mkdir()
     monkeypatch.chdir(ws)
-    for key, value in case.env.items():
-        monkeypatch.setenv(key, value)
     if case.setup is not None:
         case.setup(ws)
+    for key, value in case.env.items():  # after the set-up, whose files are not under test
+        monkeypatch.setenv(key, value)
     before = snapshot(ws)
     try:
         code, err = run_in_process([a.replace("{ws}", str(ws)) for a in case.argv], capsys)

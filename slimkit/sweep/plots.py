@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+from slimkit.plots import save_png
 from slimkit.sweep.grid import Grid
 
 #: file name -> (results column on the x axis, axis label)
@@ -52,8 +53,7 @@ def plots(grid: Grid, rows: list[dict]) -> None:
     ax.set(ylabel="test accuracy (%)", title=f"accuracy per configuration ({grid.path.name})")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(grid.out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    save_png(fig, grid.out / "accuracy.png")
 
     # convergence: panels = combinations of the swept keys after the first; lines = the first
     method_rows = [r for r in done if r["kind"] == "method" and json.loads(r["val_accuracy_curve"] or "[]")]
@@ -83,8 +83,7 @@ def plots(grid: Grid, rows: list[dict]) -> None:
             ax.axis("off")
         fig.suptitle("convergence (validation accuracy of the last stage per epoch)")
         fig.tight_layout()
-        fig.savefig(grid.out / "convergence.png", dpi=110)
-        plt.close(fig)
+        save_png(fig, grid.out / "convergence.png")
 
     # accuracy against size: non-zero parameters and bytes on disk, the two measures pruning changes
     # (the dense parameter count does not move under unstructured pruning)
@@ -105,8 +104,7 @@ def plots(grid: Grid, rows: list[dict]) -> None:
         ax.legend(fontsize=7, title=f"points labelled with {grid.swept[0].split('.', 1)[-1]}" if grid.swept else None,
                   title_fontsize=7)
         fig.tight_layout()
-        fig.savefig(grid.out / filename, dpi=110)
-        plt.close(fig)
+        save_png(fig, grid.out / filename)
 
 
 def size_series(grid: Grid, done: list[dict], x_key: str) -> dict[str, list[tuple]]:

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from slimkit import atomic
 from slimkit.measure import epochs_to_fraction
 from slimkit.sweep.grid import Cell, Grid, fmt_value
 from slimkit.sweep.plots import plots
@@ -99,9 +100,7 @@ def write_results(grid: Grid, rows: list[dict]) -> None:
 
 
 def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic.write_text(path, text)
 
 
 def _pct(value) -> str:

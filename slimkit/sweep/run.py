@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-from slimkit import distributed
+from slimkit import atomic, distributed
 from slimkit.errors import UserError
 from slimkit.rundir import OutLock
 from slimkit.sweep.grid import read_grid, validate
@@ -97,7 +97,7 @@ def _run_cells(grid, cells, dist, say, verbose: bool) -> dict:
                 message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
                 failed.append(cell.id)
                 if main:
-                    (cell_dir / "error.txt").write_text(message + "\n\n" + traceback.format_exc())
+                    atomic.write_text(cell_dir / "error.txt", message + "\n\n" + traceback.format_exc())
                 say(f"[{i}/{len(cells)}] {cell.id}: FAILED: {message.splitlines()[0] if message else ''}")
                 continue
             ran.append(cell.id)
