@@ -66,6 +66,7 @@ from slimkit.errors import UserError
 from slimkit.models import count_macs, count_params
 from slimkit.models.resnet import BasicBlock
 from slimkit.measure import epochs_to_fraction
+from slimkit.nn import effective_weight
 
 __all__ = ["LayerRemoval", "Candidate", "find_removable", "zero_density", "choose", "remove"]
 
@@ -138,10 +139,7 @@ def zero_density(candidate: Candidate, threshold: float) -> float:
     """Fraction of the candidate's conv weights with ``|w| < threshold`` (masked weights count as 0)."""
     small = total = 0
     for conv in candidate.convs:
-        w = conv.weight
-        mask = conv._buffers.get("weight_mask")
-        if isinstance(mask, torch.Tensor) and mask.shape == w.shape:
-            w = w * mask
+        w = effective_weight(conv)
         small += int((w.abs() < threshold).sum())
         total += w.numel()
     return small / total if total else 0.0

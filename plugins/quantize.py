@@ -57,8 +57,8 @@ import torch.nn as nn
 from slimkit import hookimpl, storage
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import (MaskedMixin, prunable_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes,
-                        to_masked)
+from slimkit.nn import (MaskedMixin, effective_weight, prunable_layers, quantizable_layers, quantized_twin,
+                        replace_layer, stored_bytes, to_masked)
 # The layer types and helpers moved to the engine (slimkit.nn.quantized); these names stay importable from
 # here for code written before the move. New code imports them from slimkit.nn.
 from slimkit.nn import Int8Conv2d, Int8Linear, QuantizedConv2d, QuantizedLinear, codebook_layers  # noqa: F401
@@ -311,7 +311,7 @@ class Quantize(Method):
                 new.weight_scale.copy_(scale)
                 new.weight.copy_(storage.int8_dequantize(q.cpu(), scale.cpu()).to(new.weight))
             with torch.no_grad():
-                error = (new.weight - layer.weight * layer.weight_mask).abs().reshape(new.weight.shape[0], -1).amax(1)
+                error = (new.weight - effective_weight(layer)).abs().reshape(new.weight.shape[0], -1).amax(1)
             replace_layer(model, name, new)
             rows.append({"name": name, "params": layer.weight.numel(),
                          "max_abs_error": float(error.max()) if error.numel() else 0.0,

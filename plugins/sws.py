@@ -72,7 +72,8 @@ import torch.nn.functional as F
 from slimkit import hookimpl, ops
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import codebook_layers, quantizable_layers, quantized_twin, replace_layer, stored_bytes, to_masked
+from slimkit.nn import (codebook_layers, effective_weight, quantizable_layers, quantized_twin, replace_layer,
+                        stored_bytes, to_masked)
 
 #: slimkit.ops.gmm_prior takes at most this many mixture components.
 MAX_COMPONENTS = 64
@@ -363,7 +364,7 @@ class SoftWeightSharing(Method):
         model = to_masked(model)
         names, layers = zip(*quantizable_layers(model))
         with torch.no_grad():
-            initial = torch.cat([(m.weight * m.weight_mask).reshape(-1) for m in layers]).detach().cpu()
+            initial = torch.cat([effective_weight(m).reshape(-1) for m in layers]).detach().cpu()
         k = opts["components"]
         lr = opts["lr"]
         scales = (opts["lr_means"] / lr, opts["lr_log_vars"] / lr, opts["lr_mix"] / lr)
@@ -405,7 +406,7 @@ class SoftWeightSharing(Method):
 
         # ---- step 3: merge, assign, quantise
         with torch.no_grad():
-            retrained = torch.cat([(m.weight * m.weight_mask).reshape(-1) for m in layers]).detach()
+            retrained = torch.cat([effective_weight(m).reshape(-1) for m in layers]).detach()
             mixing = prior.mixing()
             merged_mu, merged_lv, merged_pi, groups = merge_components(prior.means(), prior.log_vars(), mixing,
                                                                        opts["merge_kl"])

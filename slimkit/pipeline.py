@@ -25,6 +25,7 @@ from slimkit.data import load_data
 from slimkit.errors import UserError
 from slimkit.measure import measure_latency, model_stats
 from slimkit.modelio import classify, load_python_model, load_torchscript
+from slimkit.nn import to_sparse_inference
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
 from slimkit.train import Trainer, seed_everything
@@ -265,7 +266,6 @@ class Run:
 
         sparse_layers = None
         if cfg.sparse_inference:
-            from slimkit.ops.sparse_inference import to_sparse_inference
             sparse_layers = [{"layer": r.name, "sparse": bool(r.uses_sparse), "sparsity": float(r.sparsity),
                               "reason": r.reason} for r in to_sparse_inference(model)]
         final_path = self.work / "model.slim"
