@@ -482,8 +482,6 @@ class Distill(Method):
                "(unset: max(1, epochs // 4))", min=0),
         Option("baseline", bool, False, "also train the same student on labels alone (same seed, epochs, lr) "
                "and report labels_only_accuracy"),
-        Option("epochs", int, None, "training epochs of the student (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "learning rate (unset = the engine's method-stage default)", min=0.0),
     ]
 
     # ------------------------------------------------------------------ checks

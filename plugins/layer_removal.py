@@ -194,8 +194,6 @@ class LayerRemoval(Method):
         Option("lambda", float, 0.5, "weight of the teacher: loss = lambda*T^2*KL + (1-lambda)*CE",
                min=0.0, max=1.0),
         Option("temperature", float, 4.0, "distillation temperature T", min=0.01),
-        Option("epochs", int, None, "training epochs after removal (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "learning rate (unset = the run's)", min=0.0),
     ]
 
     def _candidates(self, model) -> list[Candidate]:

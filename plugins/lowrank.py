@@ -490,8 +490,6 @@ class LowRank(Method):
         Option("skip_first", bool, True, "keep the first conv (on the 1-3 channel image) as it is"),
         Option("bn", bool, False, "add a BatchNorm2d after each horizontal conv, initialised to the identity "
                "on the training data (see the method's documentation)"),
-        Option("epochs", int, None, "fine-tuning epochs (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "fine-tuning learning rate (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:

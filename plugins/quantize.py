@@ -247,8 +247,6 @@ class Quantize(Method):
         Option("huffman", bool, True, "Huffman-code the stored indices and relative positions"),
         Option("pos_bits", int, 0, "bits of a relative position in sparse storage (0 = whichever of 1..8 "
                "stores the layer smallest)", min=0, max=8),
-        Option("epochs", int, None, "kmeans: fine-tuning epochs of the centroids (unset = the run's)", min=0),
-        Option("lr", float, None, "kmeans: fine-tuning learning rate (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:

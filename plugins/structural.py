@@ -304,10 +304,8 @@ class Structural(Method):
                choices=("random", "mean", "stn")),
         Option("regime", str, "frozen", "frozen: only the new layer trains (other BN stats frozen); "
                "thawed: the whole net fine-tunes", choices=("frozen", "thawed")),
-        Option("epochs", int, None, "training epochs of the regime (unset = the run's epochs)", min=0),
         Option("stn_epochs", int, None, "init=stn: epochs of the student-teacher phase (unset = the run's epochs)",
                min=0),
-        Option("lr", float, None, "learning rate (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:

@@ -68,9 +68,9 @@ def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], p
                                 f"({', '.join(methods)})")
             raw[method][opt] = value
             continue
-        owners = [m for m in methods if any(o.name == key for o in registry.method(m).options)]
+        owners = [m for m in methods if any(o.name == key for o in registry.method(m).all_options())]
         if not owners:
-            allowed = sorted({f"{m}.{o.name}" for m in methods for o in registry.method(m).options})
+            allowed = sorted({f"{m}.{o.name}" for m in methods for o in registry.method(m).all_options()})
             raise UserError(f"--set {key}={value}: no method in the chain has option {key!r}; options: "
                             f"{', '.join(allowed) or '(none)'}")
         if len(owners) > 1:

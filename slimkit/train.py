@@ -48,7 +48,7 @@ def cross_entropy_loss(model, inputs, targets):
 class Trainer:
     def __init__(self, *, device, dist: DistInfo, seed: int, batch_size: int, reporter, registry=None,
                  checkpoint_dir: Path | None = None, metrics_path: Path | None = None, resume: bool = False,
-                 base_lr: float | None = None, registry_emit=None):
+                 base_lr: float | None = None):
         self.device = device
         self.dist = dist
         self.seed = seed
