@@ -189,7 +189,7 @@ class Method:
 class TrainCallback:
     """Hooks into the one training loop. Override what you need; all are no-ops.
 
-    Order within a step: ``on_step_begin`` -> forward/loss -> backward ->
+    Order within a step: ``on_batch`` -> ``on_step_begin`` -> forward/loss -> backward ->
     ``after_backward`` (edit gradients, e.g. mask or group them) -> optimizer step ->
     ``after_step`` (edit weights, e.g. re-apply masks).
 
@@ -202,6 +202,11 @@ class TrainCallback:
     """
 
     def on_train_begin(self, model, total_steps: int) -> None: ...
+
+    def on_batch(self, model, step: int, indices) -> None:
+        """``indices`` (int64, on the CPU) are the positions in the train split of this step's
+        examples, in the order of the batch: the key to per-example data a loss keeps
+        itself, such as cached teacher logits (the loss's targets are always the labels)."""
 
     def on_step_begin(self, model, step: int) -> None: ...
 

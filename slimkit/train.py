@@ -165,9 +165,12 @@ class Trainer:
                     model.train()
                     t0 = time.perf_counter()
                     loss_sum = correct = seen = 0.0
-                    for x, y in data.batches("train", per_rank_batch, shuffle=True, epoch=epoch, seed=self.seed,
-                                             rank=self.dist.rank, world_size=self.dist.world_size):
+                    batches = data.batches("train", per_rank_batch, shuffle=True, epoch=epoch, seed=self.seed,
+                                           rank=self.dist.rank, world_size=self.dist.world_size)
+                    for index, x, y in batches.indexed():
                         x, y = x.to(self.device), y.to(self.device)
+                        for cb in callbacks:
+                            cb.on_batch(model, step, index)
                         for cb in callbacks:
                             cb.on_step_begin(model, step)
                         value, logits = loss_fn(forward_model, x, y)
