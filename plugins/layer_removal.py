@@ -67,7 +67,6 @@ from slimkit.models import count_macs, count_params
 from slimkit.models.resnet import BasicBlock
 from slimkit.measure import epochs_to_fraction
 from slimkit.nn import effective_weight
-from slimkit.ops import kd_loss
 
 __all__ = ["LayerRemoval", "Candidate", "find_removable", "zero_density", "choose", "remove"]
 
@@ -212,6 +211,8 @@ class LayerRemoval(Method):
                             f"({', '.join(c.name for c in candidates)})")
 
     def apply(self, model, ctx, opts: dict):
+        from slimkit.ops import kd_loss
+
         if ctx.teacher is None:
             raise UserError("layer-removal distils from the original network, but the stage has no teacher")
         candidates = self._candidates(model)

@@ -147,6 +147,20 @@ def test_no_import_cycle_in_slimkit():
     assert not cycles, "import cycles in slimkit/:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_ops_hold_functional_ops_only_and_never_import_nn():
+    """Layers (nn) use ops; an op module that imported nn would put the cycle back, and no
+    op module defines an nn.Module (the layers live in slimkit.nn)."""
+    graph = import_graph()
+    ops = [m for m in graph if m == "slimkit.ops" or m.startswith("slimkit.ops.")]
+    assert "slimkit.ops.conv" in ops
+    for module in ops:
+        assert not {t for t in graph[module] if t == "slimkit.nn" or t.startswith("slimkit.nn.")}, module
+        tree = ast.parse(module_files(REPO, PACKAGE)[module].read_text())
+        classes = [c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+                   and any(ast.unparse(b) in ("nn.Module", "torch.nn.Module", "Module") for b in c.bases)]
+        assert not classes, f"{module} defines modules {classes}: layers belong in slimkit.nn"
+
+
 def test_cycle_finder_finds_function_local_and_package_cycles(tmp_path):
     """The checker itself: a cycle closed only by a function-local import, and one through a
     package ``__init__`` (``from pkg import sub``), are both found; an acyclic tree is not flagged."""
