@@ -100,16 +100,12 @@ When the training batches are not augmented (``ctx.data.augment`` is False: digi
 MNIST, synthetic and vector data by default) the teacher sees every training example
 unchanged in every epoch, so Hinton KD (and the second stage of hints) computes
 ``teacher(x)`` for the whole train split once (``ctx.data.tensors("train")``, batches
-of 512, ``no_grad``) and keeps the ``[N, classes]`` logits for the run. The engine's
-batches carry only ``(x, y)``, so to look the logits up the stage trains on a
-*distillation bundle*: ``ctx.data.with_split("train", x, arange(N))`` -- the same
-inputs, whose targets are the examples' indices into the cache. The custom loss maps
-a batch's indices to the cached labels and teacher logits. Shuffling, sharding
-across ranks and the val/test splits (real labels, used for model selection and
-accuracy) are untouched. The loop's ``train_accuracy`` would compare logits with
-indices, so the loss returns no logits and its callback puts the real train accuracy
-(against the cached labels) into the epoch metrics instead. With augmentation on,
-the teacher runs on every augmented batch instead.
+of 512, ``no_grad``) and keeps the ``[N, classes]`` logits for the run. The loss is
+also a training callback: the loop tells it each batch's example indices
+(``TrainCallback.on_batch``), by which it looks up the batch's teacher logits; its
+targets are the batch's labels, as for any loss, so shuffling, sharding across ranks
+and the loop's ``train_accuracy`` are those of every other training. With
+augmentation on, the teacher runs on every augmented batch instead.
 
 Report
 ------
@@ -253,37 +249,25 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, device, batch_size: int 
 class CachedKDLoss(TrainCallback):
     """Hinton KD with the teacher's logits looked up by example index (see "Cached teacher logits").
 
-    Used as both ``loss`` and a callback of ``ctx.train`` on the distillation bundle,
-    whose train targets are indices into ``logits``/``labels``. As a callback it
-    writes the epoch's train accuracy against the real labels into the metrics.
+    Used as both ``loss`` and a callback of ``ctx.train``: as a callback it learns each
+    batch's example indices (:meth:`on_batch`), as the loss it takes the batch's labels
+    as targets, like any loss, and returns the student's logits.
     """
 
-    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float, dist=None):
-        self.logits, self.labels = logits, labels
+    def __init__(self, logits: torch.Tensor, temperature: float, alpha: float):
+        self.logits = logits
         self.temperature, self.alpha = float(temperature), float(alpha)
-        self.dist = dist
-        self.correct = self.seen = 0
+        self.index: torch.Tensor | None = None
 
-    def __call__(self, model, inputs, index):
-        index = index.to(self.logits.device)
+    def on_batch(self, model, step: int, indices) -> None:
+        self.index = indices.to(self.logits.device)
+
+    def __call__(self, model, inputs, labels):
+        if self.index is None or self.index.numel() != labels.shape[0]:
+            raise RuntimeError("CachedKDLoss: no example indices for this batch; pass the loss as a callback too")
         s = model(inputs)
-        t = self.logits[index].to(s.dtype)
-        y = self.labels[index]
-        with torch.no_grad():
-            self.correct += int((s.argmax(1) == y).sum())
-            self.seen += int(y.numel())
-        return kd_loss(s.contiguous(), t.contiguous(), y.contiguous(), self.temperature, self.alpha), None
-
-    def on_epoch_end(self, model, epoch: int, metrics: dict) -> None:
-        correct, seen = float(self.correct), float(self.seen)
-        if self.dist is not None and self.dist.enabled:
-            import torch.distributed as tdist
-
-            t = torch.tensor([correct, seen], dtype=torch.float64, device=self.logits.device)
-            tdist.all_reduce(t)
-            correct, seen = float(t[0]), float(t[1])
-        metrics["train_accuracy"] = correct / seen if seen else None
-        self.correct = self.seen = 0
+        t = self.logits[self.index].to(s.dtype)
+        return kd_loss(s.contiguous(), t.contiguous(), labels.contiguous(), self.temperature, self.alpha), s
 
 
 class OnlineKDLoss:
@@ -482,8 +466,6 @@ class Distill(Method):
                "(unset: max(1, epochs // 4))", min=0),
         Option("baseline", bool, False, "also train the same student on labels alone (same seed, epochs, lr) "
                "and report labels_only_accuracy"),
-        Option("epochs", int, None, "training epochs of the student (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "learning rate (unset = the engine's method-stage default)", min=0.0),
     ]
 
     # ------------------------------------------------------------------ checks
@@ -571,11 +553,8 @@ class Distill(Method):
                 data.augment = False  # the loss makes its own views; no second crop from the bundle
                 ctx.train(student, epochs=epochs, lr=lr, loss=fm, callbacks=[fm], data=data)
             elif cached:
-                x, y = ctx.data.tensors("train")
-                logits = teacher_logits(teacher, x, ctx.device)
-                kd = CachedKDLoss(logits, y.to(ctx.device), T, alpha, dist=ctx.dist)
-                data = ctx.data.with_split("train", x, torch.arange(x.shape[0], dtype=torch.long))
-                ctx.train(student, epochs=epochs, lr=lr, loss=kd, callbacks=[kd], data=data)
+                kd = CachedKDLoss(teacher_logits(teacher, ctx.data.tensors("train")[0], ctx.device), T, alpha)
+                ctx.train(student, epochs=epochs, lr=lr, loss=kd, callbacks=[kd])
             else:
                 ctx.train(student, epochs=epochs, lr=lr, loss=OnlineKDLoss(teacher, T, alpha))
 

@@ -66,6 +66,7 @@ from slimkit.errors import UserError
 from slimkit.models import count_macs, count_params
 from slimkit.models.resnet import BasicBlock
 from slimkit.measure import epochs_to_fraction
+from slimkit.nn import effective_weight
 
 __all__ = ["LayerRemoval", "Candidate", "find_removable", "zero_density", "choose", "remove"]
 
@@ -138,10 +139,7 @@ def zero_density(candidate: Candidate, threshold: float) -> float:
     """Fraction of the candidate's conv weights with ``|w| < threshold`` (masked weights count as 0)."""
     small = total = 0
     for conv in candidate.convs:
-        w = conv.weight
-        mask = conv._buffers.get("weight_mask")
-        if isinstance(mask, torch.Tensor) and mask.shape == w.shape:
-            w = w * mask
+        w = effective_weight(conv)
         small += int((w.abs() < threshold).sum())
         total += w.numel()
     return small / total if total else 0.0
@@ -196,8 +194,6 @@ class LayerRemoval(Method):
         Option("lambda", float, 0.5, "weight of the teacher: loss = lambda*T^2*KL + (1-lambda)*CE",
                min=0.0, max=1.0),
         Option("temperature", float, 4.0, "distillation temperature T", min=0.01),
-        Option("epochs", int, None, "training epochs after removal (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "learning rate (unset = the run's)", min=0.0),
     ]
 
     def _candidates(self, model) -> list[Candidate]:

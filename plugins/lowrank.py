@@ -105,7 +105,7 @@ from slimkit.api import Method, Option
 from slimkit.errors import UserError
 from slimkit.measure import measure_latency
 from slimkit.models import count_macs, count_params
-from slimkit.nn import MaskedConv2d, MaskedLinear, eval_mode, serializable
+from slimkit.nn import MaskedConv2d, MaskedLinear, effective_weight, eval_mode, replace_layer, serializable
 
 __all__ = [
     "LowRankConv2d", "LowRankLinear", "LowRank", "conv_matrix", "decompose_conv", "decompose_linear",
@@ -204,12 +204,6 @@ class LowRankLinear(nn.Module):
 
 # --------------------------------------------------------------------------- closed form
 
-def _effective_weight(layer: nn.Module) -> torch.Tensor:
-    w = layer.weight.detach()
-    mask = getattr(layer, "weight_mask", None)
-    return w * mask if isinstance(mask, torch.Tensor) else w
-
-
 def conv_matrix(weight: torch.Tensor) -> torch.Tensor:
     """The ``(C kh) x (N kw)`` matrix ``M[c*kh + h, n*kw + w] = weight[n, c, h, w]`` of the Theorem."""
     n, c, kh, kw = weight.shape
@@ -226,7 +220,7 @@ def full_rank(layer: nn.Module) -> int:
 
 def singular_values(layer: nn.Module) -> torch.Tensor:
     """Singular values (float64, descending) of the layer's kernel matrix (weight * mask)."""
-    w = _effective_weight(layer).double().cpu()
+    w = effective_weight(layer).detach().double().cpu()
     mat = conv_matrix(w) if w.dim() == 4 else w
     return torch.linalg.svdvals(mat)
 
@@ -299,7 +293,7 @@ def decompose_conv(conv: nn.Conv2d, rank: int, *, bn: bool = False) -> LowRankCo
     padding = resolve_padding(conv)
     if padding is None:
         raise ValueError("asymmetric padding='same' (even kernel extent) cannot be split into two convs")
-    w = _effective_weight(conv)
+    w = effective_weight(conv).detach()
     n, c, kh, kw = w.shape
     full = min(c * kh, n * kw)
     k = int(rank)
@@ -324,7 +318,7 @@ def decompose_conv(conv: nn.Conv2d, rank: int, *, bn: bool = False) -> LowRankCo
 @torch.no_grad()
 def decompose_linear(linear: nn.Linear, rank: int) -> LowRankLinear:
     """The truncated-SVD rank-``rank`` :class:`LowRankLinear` of ``linear``."""
-    w = _effective_weight(linear)
+    w = effective_weight(linear).detach()
     out, inp = w.shape
     k = int(rank)
     if not 1 <= k <= min(inp, out):
@@ -386,12 +380,6 @@ def _plan_rank(layer: nn.Module, opts: dict, sigma: torch.Tensor | None = None) 
         sigma = singular_values(layer)
     return choose_rank(sigma if sigma is not None else torch.empty(0), mode, rank=opts.get("rank"),
                        ratio=opts.get("ratio"), energy=opts.get("energy"), full=full_rank(layer))
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    parent._modules[child] = new
 
 
 # --------------------------------------------------------------------------- measurements
@@ -502,8 +490,6 @@ class LowRank(Method):
         Option("skip_first", bool, True, "keep the first conv (on the 1-3 channel image) as it is"),
         Option("bn", bool, False, "add a BatchNorm2d after each horizontal conv, initialised to the identity "
                "on the training data (see the method's documentation)"),
-        Option("epochs", int, None, "fine-tuning epochs (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "fine-tuning learning rate (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:
@@ -562,7 +548,7 @@ class LowRank(Method):
                                                f"{w_before} weights"})
                 continue
             new = decompose_conv(m, k, bn=opts["bn"]) if r["kind"] == "conv" else decompose_linear(m, k)
-            eff = _effective_weight(m)
+            eff = effective_weight(m).detach()
             approx = new.dense_weight()
             row["kernel_rel_error"] = _rel(conv_matrix(approx) if approx.dim() == 4 else approx,
                                            conv_matrix(eff) if eff.dim() == 4 else eff)
@@ -574,7 +560,7 @@ class LowRank(Method):
                     row["response_rel_error"] = _rel(new(inputs[name]), m(inputs[name]))
                     m.train(m_was)
             new.train(m.training)
-            _replace(model, name, new)
+            replace_layer(model, name, new)
             replaced.append(name)
             if opts["bn"] and isinstance(new, LowRankConv2d):
                 new_convs.append(new)

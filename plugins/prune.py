@@ -410,8 +410,6 @@ class MagnitudePrune(Method):
                "pruning ends at ~70% of the training steps)", min=0),
         Option("frequency", int, None, "gradual: optimizer steps Δt between mask updates (unset = auto: "
                "up to 4 an epoch, at least 10 in all where the run allows)", min=1),
-        Option("epochs", int, None, "training epochs of this stage (unset = the run's epochs)", min=0),
-        Option("lr", float, None, "learning rate of this stage (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:

@@ -57,7 +57,8 @@ import torch.nn as nn
 from slimkit import hookimpl, storage
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import MaskedMixin, prunable_layers, quantizable_layers, quantized_twin, replace_layer, to_masked
+from slimkit.nn import (MaskedMixin, effective_weight, prunable_layers, quantizable_layers, quantized_twin,
+                        replace_layer, to_masked)
 from slimkit.storage import stored_bytes
 # The layer types and helpers moved to the engine (slimkit.nn.quantized); these names stay importable from
 # here for code written before the move. New code imports them from slimkit.nn.
@@ -247,8 +248,6 @@ class Quantize(Method):
         Option("huffman", bool, True, "Huffman-code the stored indices and relative positions"),
         Option("pos_bits", int, 0, "bits of a relative position in sparse storage (0 = whichever of 1..8 "
                "stores the layer smallest)", min=0, max=8),
-        Option("epochs", int, None, "kmeans: fine-tuning epochs of the centroids (unset = the run's)", min=0),
-        Option("lr", float, None, "kmeans: fine-tuning learning rate (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:
@@ -311,7 +310,7 @@ class Quantize(Method):
                 new.weight_scale.copy_(scale)
                 new.weight.copy_(storage.int8_dequantize(q.cpu(), scale.cpu()).to(new.weight))
             with torch.no_grad():
-                error = (new.weight - layer.weight * layer.weight_mask).abs().reshape(new.weight.shape[0], -1).amax(1)
+                error = (new.weight - effective_weight(layer)).abs().reshape(new.weight.shape[0], -1).amax(1)
             replace_layer(model, name, new)
             rows.append({"name": name, "params": layer.weight.numel(),
                          "max_abs_error": float(error.max()) if error.numel() else 0.0,

@@ -97,6 +97,7 @@ from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
 from slimkit.models import count_macs, count_params
 from slimkit.models.vgg import collapse_block, conv_blocks
+from slimkit.nn import effective_weight
 
 __all__ = ["Structural", "vgg_blocks", "fit_channels", "mean_init", "student_teacher", "epochs_to_fraction",
            "FreezeBatchNorm"]
@@ -178,11 +179,6 @@ def fit_channels(w: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return w.index_select(dim, torch.arange(size, device=w.device) % current)
 
 
-def _effective(conv: nn.Conv2d) -> torch.Tensor:
-    mask = conv._buffers.get("weight_mask")
-    return conv.weight * mask if isinstance(mask, torch.Tensor) and mask.shape == conv.weight.shape else conv.weight
-
-
 @torch.no_grad()
 def mean_init(new_block: nn.Sequential, old_block: nn.Module) -> dict:
     """Set the new block's conv (and BN) to the average of the old block's (module docstring, ``mean``).
@@ -195,7 +191,7 @@ def mean_init(new_block: nn.Sequential, old_block: nn.Module) -> dict:
     if kernels != {tuple(new_conv.kernel_size)}:
         raise UserError(f"structural init=mean: the block's convs have kernel sizes {sorted(kernels)}, the new "
                         f"layer {tuple(new_conv.kernel_size)}; mean initialisation averages same-size kernels only")
-    fitted = [fit_channels(fit_channels(_effective(c).float(), 0, c_out), 1, c_in) for c in old_convs]
+    fitted = [fit_channels(fit_channels(effective_weight(c).float(), 0, c_out), 1, c_in) for c in old_convs]
     new_conv.weight.copy_(torch.stack(fitted).mean(0).to(new_conv.weight.dtype))
     if new_conv.bias is not None:
         biases = [fit_channels(c.bias.float(), 0, c_out) if c.bias is not None
@@ -308,10 +304,8 @@ class Structural(Method):
                choices=("random", "mean", "stn")),
         Option("regime", str, "frozen", "frozen: only the new layer trains (other BN stats frozen); "
                "thawed: the whole net fine-tunes", choices=("frozen", "thawed")),
-        Option("epochs", int, None, "training epochs of the regime (unset = the run's epochs)", min=0),
         Option("stn_epochs", int, None, "init=stn: epochs of the student-teacher phase (unset = the run's epochs)",
                min=0),
-        Option("lr", float, None, "learning rate (unset = the run's)", min=0.0),
     ]
 
     def check(self, model, opts: dict) -> None:

@@ -72,7 +72,8 @@ import torch.nn.functional as F
 from slimkit import hookimpl, ops
 from slimkit.api import Method, Option, TrainCallback
 from slimkit.errors import UserError
-from slimkit.nn import codebook_layers, quantizable_layers, quantized_twin, replace_layer, to_masked
+from slimkit.nn import (codebook_layers, effective_weight, quantizable_layers, quantized_twin, replace_layer,
+                        to_masked)
 from slimkit.storage import stored_bytes
 
 #: slimkit.ops.gmm_prior takes at most this many mixture components.
@@ -340,7 +341,6 @@ class SoftWeightSharing(Method):
         Option("gamma_zero_b", float, 2.0, "Gamma hyper-prior rate b of the zero component's precision", min=0.0),
         Option("gamma_a", float, 250.0, "Gamma hyper-prior shape a of the other precisions", min=1.0),
         Option("gamma_b", float, 0.1, "Gamma hyper-prior rate b of the other precisions", min=0.0),
-        Option("lr", float, 5e-4, "Adam learning rate of the network weights", min=0.0),
         Option("lr_means", float, 1e-4, "learning rate of the component means", min=0.0),
         Option("lr_log_vars", float, 3e-3, "learning rate of the component log-variances", min=0.0),
         Option("lr_mix", float, 3e-3, "learning rate of the mixing-proportion logits", min=0.0),
@@ -349,9 +349,10 @@ class SoftWeightSharing(Method):
         Option("huffman", bool, True, "Huffman-code the stored indices and relative positions"),
         Option("pos_bits", int, 0, "bits of a relative position in sparse storage (0 = the smallest)",
                min=0, max=8),
-        Option("epochs", int, None, "retraining epochs (unset = the run's)", min=0),
         Option("plots", bool, True, "write sws_weights_joint.png and sws_weights_histogram.png"),
     ]
+    # the common option lr is the Adam rate of the network weights; the mixture's rates are its own options
+    common_defaults = {"lr": 5e-4}
 
     def check(self, model, opts: dict) -> None:
         if not quantizable_layers(model):
@@ -364,7 +365,7 @@ class SoftWeightSharing(Method):
         model = to_masked(model)
         names, layers = zip(*quantizable_layers(model))
         with torch.no_grad():
-            initial = torch.cat([(m.weight * m.weight_mask).reshape(-1) for m in layers]).detach().cpu()
+            initial = torch.cat([effective_weight(m).reshape(-1) for m in layers]).detach().cpu()
         k = opts["components"]
         lr = opts["lr"]
         scales = (opts["lr_means"] / lr, opts["lr_log_vars"] / lr, opts["lr_mix"] / lr)
@@ -406,7 +407,7 @@ class SoftWeightSharing(Method):
 
         # ---- step 3: merge, assign, quantise
         with torch.no_grad():
-            retrained = torch.cat([(m.weight * m.weight_mask).reshape(-1) for m in layers]).detach()
+            retrained = torch.cat([effective_weight(m).reshape(-1) for m in layers]).detach()
             mixing = prior.mixing()
             merged_mu, merged_lv, merged_pi, groups = merge_components(prior.means(), prior.log_vars(), mixing,
                                                                        opts["merge_kl"])

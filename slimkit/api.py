@@ -15,7 +15,7 @@ that takes a model and a :class:`StageContext` and returns the compressed model:
         def apply(self, model, ctx, opts):
             for p in model.parameters():
                 p.data.mul_(opts["factor"])
-            ctx.train(model, epochs=opts.get("epochs"))
+            ctx.train(model, epochs=opts["epochs"], lr=opts["lr"])  # common options
             return model
 
     @hookimpl
@@ -24,12 +24,17 @@ that takes a model and a :class:`StageContext` and returns the compressed model:
 
 Register the module under the entry-point group ``slimkit`` in your package's
 metadata and slimkit finds it; docs/plugins.md walks through a whole package.
+
+Every method also has the engine's :data:`COMMON_OPTIONS` (``epochs``, ``lr``): they are
+declared here once, listed by ``slimkit methods`` and validated like the method's own,
+and arrive in ``opts`` of every method. A method gives one a default of its own with
+:attr:`Method.common_defaults`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 from slimkit.errors import UserError
 
@@ -41,7 +46,8 @@ class Option:
     """A typed option of a method, set by the user as ``--set name=value``.
 
     ``choices`` limits a value to a set; ``min``/``max`` bound numbers (inclusive).
-    ``default=None`` means "not set" (the method decides, e.g. the run's epochs).
+    ``default=None`` means "not set" (the method decides, e.g. the run's epochs);
+    ``unset`` says what it then means, and is shown with the help while the default is None.
     """
 
     name: str
@@ -51,6 +57,7 @@ class Option:
     choices: Sequence[Any] | None = None
     min: float | None = None
     max: float | None = None
+    unset: str | None = None
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -99,26 +106,56 @@ class Option:
         return parsed
 
     def describe(self) -> dict:
+        unset = f" (unset = {self.unset})" if self.default is None and self.unset else ""
         return {
             "name": self.name,
             "type": _TYPE_NAMES.get(self.type, self.type.__name__),
             "default": self.default,
-            "help": self.help,
+            "help": self.help + unset,
             "allowed": self.allowed(),
         }
+
+
+#: Options every method has, declared once by the engine (see :meth:`Method.all_options`).
+#: Every built-in method trains, and so does nearly any other; one that does not ignores them.
+COMMON_OPTIONS: tuple[Option, ...] = (
+    Option("epochs", int, None, "training epochs of this stage", min=0, unset="the run's --epochs"),
+    Option("lr", float, None, "learning rate of this stage", min=0.0,
+           unset="a fifth of the run's learning rate: --lr, else the optimizer's default"),
+)
 
 
 class Method:
     """Base class of a compression method. Subclass it and register an instance.
 
     Class attributes: ``name`` (unique, used in ``--method``), ``summary`` (one line),
-    ``paper`` (citation), ``options`` (list of :class:`Option`).
+    ``paper`` (citation), ``options`` (list of :class:`Option`: the method's own; the
+    engine adds :data:`COMMON_OPTIONS`), ``common_defaults`` (a default of this method's
+    own for a common option, e.g. ``{"lr": 5e-4}``; unset ones mean the run's value).
     """
 
     name: str = ""
     summary: str = ""
     paper: str = ""
     options: Sequence[Option] = ()
+    common_defaults: Mapping[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.common_defaults) - {o.name for o in COMMON_OPTIONS}
+        if unknown:  # at the plugin's import, which plugin loading reports
+            raise TypeError(f"{cls.__name__}.common_defaults names no common option: {', '.join(sorted(unknown))}")
+
+    @classmethod
+    def all_options(cls) -> list[Option]:
+        """Every option of the method: its own :attr:`options`, then each of
+        :data:`COMMON_OPTIONS` with the method's :attr:`common_defaults`. A method that
+        declares an option of a common name itself keeps its own declaration."""
+        own = list(cls.options)
+        names = {o.name for o in own}
+        common = [replace(o, default=cls.common_defaults[o.name]) if o.name in cls.common_defaults else o
+                  for o in COMMON_OPTIONS if o.name not in names]
+        return own + common
 
     def check(self, model, opts: dict) -> None:
         """Raise :class:`slimkit.errors.UserError` if this method cannot apply to ``model``.
@@ -132,8 +169,8 @@ class Method:
         raise NotImplementedError
 
     def parse_options(self, raw: dict) -> dict:
-        """Validate user-given options against :attr:`options`; fill in defaults."""
-        known = {o.name: o for o in self.options}
+        """Validate user-given options against :meth:`all_options`; fill in defaults."""
+        known = {o.name: o for o in self.all_options()}
         for key in raw:
             if key not in known:
                 allowed = ", ".join(sorted(known)) or "(none)"
@@ -141,18 +178,21 @@ class Method:
         return {name: (o.parse(raw[name], self.name) if name in raw else o.default) for name, o in known.items()}
 
     def describe(self) -> dict:
+        """What ``slimkit methods`` shows; ``common`` marks the engine's options."""
+        own, common = {o.name for o in self.options}, {o.name for o in COMMON_OPTIONS}
         return {
             "name": self.name,
             "summary": self.summary,
             "paper": self.paper,
-            "options": [o.describe() for o in self.options],
+            "options": [{**o.describe(), "common": o.name in common and o.name not in own}
+                        for o in self.all_options()],
         }
 
 
 class TrainCallback:
     """Hooks into the one training loop. Override what you need; all are no-ops.
 
-    Order within a step: ``on_step_begin`` -> forward/loss -> backward ->
+    Order within a step: ``on_batch`` -> ``on_step_begin`` -> forward/loss -> backward ->
     ``after_backward`` (edit gradients, e.g. mask or group them) -> optimizer step ->
     ``after_step`` (edit weights, e.g. re-apply masks).
 
@@ -165,6 +205,11 @@ class TrainCallback:
     """
 
     def on_train_begin(self, model, total_steps: int) -> None: ...
+
+    def on_batch(self, model, step: int, indices) -> None:
+        """``indices`` (int64, on the CPU) are the positions in the train split of this step's
+        examples, in the order of the batch: the key to per-example data a loss keeps
+        itself, such as cached teacher logits (the loss's targets are always the labels)."""
 
     def on_step_begin(self, model, step: int) -> None: ...
 

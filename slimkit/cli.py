@@ -320,8 +320,8 @@ def methods(as_json: bool = typer.Option(False, "--json")):
         table = Table(box=None, show_header=True, header_style="dim", padding=(0, 2), pad_edge=True)
         for col in ("option", "default", "allowed", "help"):
             table.add_column(col, overflow="fold", ratio=3 if col == "help" else None)
-        for o in r["options"]:
-            table.add_row(o["name"], str(o["default"]), o["allowed"], o["help"])
+        for o in r["options"]:  # the engine's common options (epochs, lr) last, dimmed
+            table.add_row(o["name"], str(o["default"]), o["allowed"], o["help"], style="dim" if o["common"] else None)
         out.print(table)
         out.print()
 

@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from slimkit import atomic
 from slimkit.errors import UserError
+from slimkit.nn import CSRLayer, replace_layer, to_plain
 
 FORMATS = ("onnx", "torchscript")
 EXTRA_HINT = "pip install 'slimkit[export]'"
@@ -74,23 +75,17 @@ class ExportResult:
 def _densify_sparse(model: nn.Module) -> int:
     """Replace the CSR inference layers (``SparseConv2d``, ``SparseLinear``) by their plain dense
     twins, in place; returns how many."""
-    try:
-        from slimkit.ops.csr import CSRLayer
-    except Exception:  # the kernels package cannot load: then no model can contain its layers either
-        return 0
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, CSRLayer):
-                parent._modules[name] = child.to_dense_module()
+                replace_layer(parent, name, child.to_dense_module())
                 count += 1
     return count
 
 
 def dense_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every masked / sparse layer decoded to a plain dense one, in eval mode."""
-    from slimkit.nn import to_plain
-
     plain = copy.deepcopy(model)
     to_plain(plain)
     _densify_sparse(plain)

@@ -14,12 +14,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.models import count_macs, count_nonzero, count_params
-from slimkit.nn import eval_mode
-
-
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    mask = getattr(module, "weight_mask", None)
-    return module.weight * mask if isinstance(mask, torch.Tensor) else module.weight
+from slimkit.nn import effective_weight, eval_mode
 
 
 def prunable_sparsity(model: nn.Module) -> float:

@@ -25,6 +25,7 @@ from slimkit.data import load_data
 from slimkit.errors import UserError
 from slimkit.measure import measure_latency, model_stats
 from slimkit.modelio import classify, load_python_model, load_torchscript
+from slimkit.nn import to_sparse_inference
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
 from slimkit.rundir import OutLock, check_resume_settings
@@ -43,9 +44,9 @@ def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], p
                                 f"({', '.join(methods)})")
             raw[method][opt] = value
             continue
-        owners = [m for m in methods if any(o.name == key for o in registry.method(m).options)]
+        owners = [m for m in methods if any(o.name == key for o in registry.method(m).all_options())]
         if not owners:
-            allowed = sorted({f"{m}.{o.name}" for m in methods for o in registry.method(m).options})
+            allowed = sorted({f"{m}.{o.name}" for m in methods for o in registry.method(m).all_options()})
             raise UserError(f"--set {key}={value}: no method in the chain has option {key!r}; options: "
                             f"{', '.join(allowed) or '(none)'}")
         if len(owners) > 1:
@@ -286,7 +287,6 @@ class Run:
 
         sparse_layers = None
         if cfg.sparse_inference:
-            from slimkit.ops.sparse_inference import to_sparse_inference
             sparse_layers = [{"layer": r.name, "sparse": bool(r.uses_sparse), "sparsity": float(r.sparsity),
                               "reason": r.reason} for r in to_sparse_inference(model)]
         final_path = self.work / "model.slim"

@@ -49,7 +49,7 @@ def cross_entropy_loss(model, inputs, targets):
 class Trainer:
     def __init__(self, *, device, dist: DistInfo, seed: int, batch_size: int, reporter, registry=None,
                  checkpoint_dir: Path | None = None, metrics_path: Path | None = None, resume: bool = False,
-                 base_lr: float | None = None, registry_emit=None):
+                 base_lr: float | None = None):
         self.device = device
         self.dist = dist
         self.seed = seed
@@ -176,9 +176,12 @@ class Trainer:
                     model.train()
                     t0 = time.perf_counter()
                     loss_sum = correct = seen = 0.0
-                    for x, y in data.batches("train", per_rank_batch, shuffle=True, epoch=epoch, seed=self.seed,
-                                             rank=self.dist.rank, world_size=self.dist.world_size):
+                    batches = data.batches("train", per_rank_batch, shuffle=True, epoch=epoch, seed=self.seed,
+                                           rank=self.dist.rank, world_size=self.dist.world_size)
+                    for index, x, y in batches.indexed():
                         x, y = x.to(self.device), y.to(self.device)
+                        for cb in callbacks:
+                            cb.on_batch(model, step, index)
                         for cb in callbacks:
                             cb.on_step_begin(model, step)
                         value, logits = loss_fn(forward_model, x, y)

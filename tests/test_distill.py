@@ -101,18 +101,55 @@ def test_cached_logits_equal_teacher_recomputed_and_loss_matches_formula(monkeyp
     calls = spy_kd_loss(monkeypatch)
     torch.manual_seed(0)
     student = get_registry().build_model("lenet5", bundle.input_shape, 4, width=0.5)
-    kd = ds.CachedKDLoss(cached, y, temperature=3.0, alpha=0.7)
-    value, logits = kd(student, x[idx], idx)  # targets are indices into the cache
-    assert logits is None and len(calls) == 1 and calls[0]["temperature"] == 3.0 and calls[0]["alpha"] == 0.7
+    kd = ds.CachedKDLoss(cached, temperature=3.0, alpha=0.7)
+    kd.on_batch(student, 0, idx)  # the loop names the batch's examples; the targets are their labels
+    value, logits = kd(student, x[idx], y[idx])
+    assert len(calls) == 1 and calls[0]["temperature"] == 3.0 and calls[0]["alpha"] == 0.7
     assert torch.equal(calls[0]["labels"], y[idx])
     with torch.no_grad():
+        assert torch.equal(logits, student(x[idx]))  # the loop's train accuracy compares these with the labels
         expected = hinton_by_hand(student(x[idx]), teacher(x[idx]), y[idx], 3.0, 0.7)
     assert float(value.detach()) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
-    # the epoch's train accuracy is measured against the real labels, not the indices
-    metrics = {"train_accuracy": 123.0}
-    kd.on_epoch_end(student, 1, metrics)
+    with pytest.raises(RuntimeError, match="no example indices for this batch"):
+        kd(student, x[:3], y[:3])
+
+
+def test_training_loop_gives_the_cached_loss_labels_as_targets_and_each_batch_its_own_logits(tmp_path, monkeypatch):
+    """Through the real loop: every loss call gets the batch's real labels as targets (not example
+    indices) and the teacher's logits of exactly those examples; the loop's train accuracy is real."""
+    bundle = make_bundle()
+    teacher = make_teacher(bundle, seed=2)
+    x_all, y_all = bundle.tensors("train")
+    seen = []
+    real_call = ds.CachedKDLoss.__call__
+
+    def spy(self, model, inputs, targets):
+        rows = (inputs.reshape(len(inputs), 1, -1) == x_all.reshape(1, len(x_all), -1)).all(-1)
+        assert bool((rows.sum(1) == 1).all())  # every input is one example of the train split
+        seen.append((rows.float().argmax(1), targets.clone(), self.logits[self.index].clone()))
+        return real_call(self, model, inputs, targets)
+
+    monkeypatch.setattr(ds.CachedKDLoss, "__call__", spy)
+    ctx = make_ctx(tmp_path, bundle, epochs=2, teacher=teacher)
+    ds.Distill().apply(get_registry().build_model("lenet5", SHAPE, 4), ctx, opts(student="lenet5", width=0.5))
+    assert ctx.results["teacher_logits_cached"] is True
+    assert sum(len(i) for i, _, _ in seen) == 2 * len(y_all)  # two epochs over the train split
     with torch.no_grad():
-        assert metrics["train_accuracy"] == pytest.approx(float((student(x[idx]).argmax(1) == y[idx]).float().mean()))
+        for index, targets, logits in seen:
+            assert torch.equal(targets, y_all[index])
+            assert bool((targets < bundle.num_classes).all())
+            torch.testing.assert_close(logits, teacher(x_all[index]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bundle_refuses_targets_that_are_not_class_labels():
+    """What the cached path once did: a train split whose targets were example indices."""
+    bundle = make_bundle()
+    x, y = bundle.tensors("train")
+    with pytest.raises(ValueError, match=r"class labels in \[0, 4\)"):
+        bundle.with_split("train", x, torch.arange(x.shape[0]))
+    with pytest.raises(ValueError, match="class labels"):
+        bundle.with_split("train", x, y.float())
+    assert torch.equal(bundle.with_split("train", x, y.flip(0)).tensors("train")[1], y.flip(0))
 
 
 def test_function_matching_teacher_and_student_see_the_same_augmented_view(monkeypatch):

@@ -140,12 +140,11 @@ def test_user_errors(tmp_path, registry):
 
 
 def test_sparse_inference_layers_are_exported_dense(tmp_path):
-    inference = pytest.importorskip("slimkit.ops.sparse_inference")
-    from slimkit.ops.csr import CSRLayer
+    from slimkit.nn import CSRLayer, to_sparse_inference
 
     model = compressed_model(2)
     x, y = eager(model)
-    inference.to_sparse_inference(model, min_sparsity=0.0)
+    to_sparse_inference(model, min_sparsity=0.0)
     kinds = {type(m).__name__ for m in model.modules() if isinstance(m, CSRLayer)}
     assert kinds == {"SparseConv2d", "SparseLinear"}
     plain = ex.dense_model(model)

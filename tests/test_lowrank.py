@@ -55,7 +55,7 @@ def small_cnn(seed=0):
 
 
 def opts(**kw):
-    base = {o.name: o.default for o in lr.LowRank.options}
+    base = {o.name: o.default for o in lr.LowRank.all_options()}
     base.update(kw)
     return base
 

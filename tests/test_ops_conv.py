@@ -12,11 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.library import opcheck
 
-from slimkit.nn import MaskedConv2d, ModuleRegistry
+from slimkit.nn import MaskedConv2d, ModuleRegistry, SparseConv2d, to_sparse_inference
 from slimkit.ops import SparseConvWeight, backend, masked_conv2d, sparse_conv2d
 from slimkit.ops import conv as conv_ops
-from slimkit.ops.conv import SparseConv2d
-from slimkit.ops.sparse_inference import to_sparse_inference
 
 NATIVE = backend.native_available()
 native = pytest.mark.skipif(not NATIVE, reason=f"native kernels unavailable ({backend.backend_name()})")

@@ -12,11 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.library import opcheck
 
-from slimkit.nn import MaskedLinear, ModuleRegistry
+from slimkit.nn import MaskedLinear, ModuleRegistry, SparseLinear, to_sparse_inference
 from slimkit.ops import SparseLinearWeight, backend, sparse_linear
 from slimkit.ops import linear as linear_ops
-from slimkit.ops.linear import SparseLinear
-from slimkit.ops.sparse_inference import to_sparse_inference
 
 NATIVE = backend.native_available()
 native = pytest.mark.skipif(not NATIVE, reason=f"native kernels unavailable ({backend.backend_name()})")
@@ -268,7 +266,7 @@ def _registered_types():
 
 def test_to_sparse_inference_converts_lenet300_and_keeps_quantized_layers():
     from slimkit.models.lenet import lenet300
-    from slimkit.nn.quantized import QuantizedLinear, quantized_twin, replace_layer
+    from slimkit.nn import QuantizedLinear, quantized_twin, replace_layer
 
     gen = torch.Generator().manual_seed(6)
     model = lenet300((1, 28, 28), 10).eval()

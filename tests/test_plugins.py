@@ -38,7 +38,9 @@ def test_hook_register_methods(tmp_path):
     methods = json.loads(run_slimkit("methods", "--json", env=env).stdout)
     names = {m["name"]: m for m in methods}
     assert "random-prune" in names and names["random-prune"]["plugin"] == "random-prune"
-    assert {o["name"] for o in names["random-prune"]["options"]} == {"sparsity", "epochs"}
+    options = {o["name"]: o for o in names["random-prune"]["options"]}
+    assert set(options) == {"sparsity", "epochs", "lr"}  # epochs and lr: the engine's common options
+    assert [n for n, o in options.items() if o["common"]] == ["epochs", "lr"] and options["epochs"]["default"] is None
     plugins = json.loads(run_slimkit("plugins", "--json", env=env).stdout)
     row = next(p for p in plugins if p["plugin"] == "random-prune")
     assert row["distribution"] == "slimkit-random-prune" and row["version"] == "0.1.0"

@@ -587,7 +587,7 @@ def test_plugins_register_their_methods():
     pm.hook.register_methods(register=lambda m: found.setdefault(m.name, m))
     assert set(found) == {"prune", "filter-prune"}
     for m in found.values():
-        assert m.summary and m.paper and all(o.help for o in m.options)
-    assert {o.name for o in found["prune"].options} == {
+        assert m.summary and m.paper and all(o.help for o in m.all_options())
+    assert {o.name for o in found["prune"].all_options()} == {
         "sparsity", "schedule", "scope", "keep_first", "keep_last", "initial_sparsity", "prune_steps",
         "frequency", "epochs", "lr"}

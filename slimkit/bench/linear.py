@@ -94,7 +94,7 @@ def _model_rows(name: str, build, batches, quick: bool) -> list[dict]:
     import torch
 
     from slimkit.measure import measure_latency
-    from slimkit.ops.sparse_inference import to_sparse_inference
+    from slimkit.nn import to_sparse_inference
 
     dense = build().eval()
     _prune_(dense, 0.9)

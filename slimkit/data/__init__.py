@@ -176,6 +176,12 @@ class _Batches:
         return self._n
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, xb, yb in self.indexed():
+            yield xb, yb
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The same batches as ``(indices, x, y)``: ``indices`` are the examples' positions in
+        the split, e.g. to look up per-example data such as cached teacher outputs."""
         g = torch.Generator().manual_seed(self._aug_seed) if self._augment else None
         bs = self._batch_size
         for i in range(self._n):
@@ -184,7 +190,7 @@ class _Batches:
             yb = self._y[idx]
             if g is not None:
                 xb = augment_images(xb, g, flip=self._bundle.flip, fill=self._bundle._black)
-            yield xb, yb
+            yield idx, xb, yb
 
 
 class DataBundle:
@@ -272,11 +278,16 @@ class DataBundle:
         return x * self.std + self.mean
 
     def with_split(self, split: str, x: torch.Tensor, y: torch.Tensor) -> "DataBundle":
-        """A copy of this bundle whose ``split`` holds the given (already normalised) tensors."""
+        """A copy of this bundle whose ``split`` holds the given (already normalised) inputs and
+        their class labels (0 to ``num_classes - 1``: the loop's targets are labels, nothing else)."""
         self._split(split)
-        if tuple(x.shape[1:]) != self.input_shape or x.shape[0] != y.shape[0]:
+        if tuple(x.shape[1:]) != self.input_shape or y.dim() != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(f"with_split: expected x of shape [N, {', '.join(map(str, self.input_shape))}] "
                              f"and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+        if y.is_floating_point() or y.dtype == torch.bool or (
+                y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes)):
+            raise ValueError(f"with_split: y must be integer class labels in [0, {self.num_classes}); per-example "
+                             "data that is not a label goes by the batch's indices (batches(...).indexed())")
         other = object.__new__(DataBundle)
         other.__dict__.update(self.__dict__)
         other._x = dict(self._x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from slimkit.nn import eval_mode
+from slimkit.nn import effective_weight, eval_mode
 
 __all__ = ["count_params", "count_nonzero", "count_macs"]
 
@@ -62,14 +62,6 @@ def count_nonzero(model: nn.Module) -> int:
     return total
 
 
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    weight = module.weight
-    mask = module._buffers.get("weight_mask")
-    if isinstance(mask, torch.Tensor) and mask.shape == weight.shape:
-        weight = weight * mask
-    return weight
-
-
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape, *, layers: bool = False) -> dict:
     """Multiply-accumulates of one example, measured by running it through ``model``.
@@ -97,7 +89,7 @@ def count_macs(model: nn.Module, input_shape, *, layers: bool = False) -> dict:
             channels = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
             positions = out.numel() // channels
             dense = positions * module.weight.numel()
-            nonzero = positions * int(torch.count_nonzero(_effective_weight(module)))
+            nonzero = positions * int(torch.count_nonzero(effective_weight(module)))
         totals["dense"] += dense
         totals["nonzero"] += nonzero
         entry = per_layer.setdefault(names.get(id(module), type(module).__name__), {"dense": 0, "nonzero": 0})

@@ -1,10 +1,17 @@
-"""Module building blocks that slimkit can save, rebuild and compress."""
+"""Module building blocks that slimkit can save, rebuild and compress, and model surgery.
+
+Every layer type lives here (masked, quantised, sparse inference), with the one way to
+change a model: :func:`replace_layer`, :func:`effective_weight`, :func:`to_masked`,
+:func:`to_plain`, :func:`to_sparse_inference`. Functional ops are in :mod:`slimkit.ops`.
+"""
 from contextlib import contextmanager
 
 from slimkit.nn.spec import BUILTINS, ModuleRegistry, serializable, storage_hints, type_name
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers, to_masked, to_plain, zero_pruned
 from slimkit.nn.quantized import (CodebookMixin, Int8Conv2d, Int8Linear, Int8Mixin, QuantizedConv2d, QuantizedLinear,
-                                  codebook_layers, quantizable_layers, quantized_twin, replace_layer)
+                                  codebook_layers, quantizable_layers, quantized_twin)
+from slimkit.nn.sparse import CSRLayer, SparseConv2d, SparseLayerReport, SparseLinear, to_sparse_inference
+from slimkit.nn.surgery import effective_weight, replace_layer
 
 @contextmanager
 def eval_mode(model):
@@ -22,4 +29,6 @@ def eval_mode(model):
 __all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "storage_hints", "type_name", "MaskedConv2d", "MaskedLinear",
            "MaskedMixin", "prunable_layers", "to_masked", "to_plain", "zero_pruned",
            "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
-           "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers"]
+           "quantized_twin", "quantizable_layers", "codebook_layers",
+           "CSRLayer", "SparseConv2d", "SparseLinear", "SparseLayerReport", "to_sparse_inference",
+           "replace_layer", "effective_weight"]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from slimkit import ops
 from slimkit.nn.spec import serializable
+from slimkit.nn.surgery import effective_weight
 
 
 class MaskedMixin:
@@ -112,7 +113,7 @@ def to_plain(model: nn.Module) -> nn.Module:
                 continue
             new.to(device=child.weight.device, dtype=child.weight.dtype)
             with torch.no_grad():
-                new.weight.copy_(child.weight * child.weight_mask)
+                new.weight.copy_(effective_weight(child))
                 if child.bias is not None:
                     new.bias.copy_(child.bias)
             parent._modules[name] = new

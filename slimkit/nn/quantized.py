@@ -34,7 +34,7 @@ from slimkit.nn.spec import serializable
 
 __all__ = [
     "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
-    "QUANTIZED_MODULES", "quantized_twin", "replace_layer", "quantizable_layers", "codebook_layers",
+    "QUANTIZED_MODULES", "quantized_twin", "quantizable_layers", "codebook_layers",
 ]
 
 _OLD_MODULE = "slimkit_plugins.quantize"  # where these classes lived before; old files name them so
@@ -145,13 +145,6 @@ QUANTIZED_MODULES = (QuantizedLinear, QuantizedConv2d, Int8Linear, Int8Conv2d)
 
 # --------------------------------------------------------------------------- helpers
 
-def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of the submodule called ``name`` (a dotted path from
-    ``model.named_modules()``), keeping its position among its parent's children."""
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    parent._modules[name.rpartition(".")[2]] = new
-
-
 def quantized_twin(layer: nn.Module, kind: str, **kwargs) -> nn.Module:
     """A quantised copy of the masked conv/linear ``layer``: the same shape and
     hyper-parameters, on the same device and dtype, with its weight, bias and mask copied.
@@ -160,7 +153,7 @@ def quantized_twin(layer: nn.Module, kind: str, **kwargs) -> nn.Module:
     (``kwargs``: ``num_codes``, ``index_bits``, ``pos_bits``, ``huffman``); its codebook is
     still zeros, so set it (and the weights) with ``set_codes``. ``kind="int8"`` gives an
     :class:`Int8Conv2d` / :class:`Int8Linear` whose ``weight_scale`` is still ones. The
-    original ``layer`` is left as it is; put the twin in the model with :func:`replace_layer`.
+    original ``layer`` is left as it is; put the twin in the model with :func:`slimkit.nn.replace_layer`.
     """
     if kind not in ("codebook", "int8"):
         raise ValueError(f"kind must be 'codebook' or 'int8', not {kind!r}")

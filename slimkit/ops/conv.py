@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import math
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.nn.spec import serializable
 from slimkit.ops import backend
-from slimkit.ops.csr import CSRLayer, CSRWeight
+from slimkit.ops.csr import CSRWeight
 
-__all__ = ["SPARSE_MIN_SPARSITY", "SPARSE_MIN_SPARSITY_WIDE", "WIDE_FAN_IN", "SPARSE_MIN_POSITIONS", "default_min_sparsity", "masked_conv2d",
-           "masked_conv2d_reference", "sparse_conv2d", "sparse_conv2d_reference", "SparseConvWeight", "SparseConv2d",
-           "unsupported_reason"]
+__all__ = ["SPARSE_MIN_SPARSITY", "SPARSE_MIN_SPARSITY_WIDE", "WIDE_FAN_IN", "SPARSE_MIN_POSITIONS", "default_min_sparsity",
+           "masked_conv2d", "masked_conv2d_reference", "sparse_conv2d", "sparse_conv2d_reference", "SparseConvWeight",
+           "as_pair", "resolve_padding"]
 
 #: Sparsity (fraction of zero weights) from which ``sparse_conv2d`` runs the direct
 #: sparse kernel instead of dense ``conv2d``, for layers with fan-in in*kh*kw below
@@ -80,7 +78,8 @@ def default_min_sparsity(shape) -> float:
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
 
-def _pair(v, name="argument"):
+def as_pair(v, name="argument"):
+    """``[v, v]`` for an int, else the 1- or 2-sequence as a pair (conv2d's int-or-pair arguments)."""
     if isinstance(v, int):
         return [v, v]
     v = [int(x) for x in v]
@@ -91,7 +90,7 @@ def _pair(v, name="argument"):
     return v
 
 
-def _resolve_padding(padding, kernel_size, dilation):
+def resolve_padding(padding, kernel_size, dilation):
     """Numeric [ph, pw] for int/pair/'valid'/'same' padding, or None when 'same' would be asymmetric."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -102,7 +101,7 @@ def _resolve_padding(padding, kernel_size, dilation):
                 return None
             return [t // 2 for t in total]
         raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
-    return _pair(padding, "padding")
+    return as_pair(padding, "padding")
 
 
 def _conv_out(size, k, s, p, d):
@@ -203,8 +202,8 @@ def masked_conv2d(input, weight, mask, bias=None, stride=1, padding=0, dilation=
     Gradients flow to ``input``, ``weight`` and ``bias`` (never to ``mask``). Arguments
     are those of :func:`torch.nn.functional.conv2d`.
     """
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    pad = _resolve_padding(padding, weight.shape[2:], dilation) if weight.dim() == 4 else None
+    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pad = resolve_padding(padding, weight.shape[2:], dilation) if weight.dim() == 4 else None
     if (pad is None or input.dim() not in (3, 4) or weight.dim() != 4 or not _native(input, "masked_conv2d_forward")
             or not all(t.dtype == input.dtype for t in (weight, mask))):
         return masked_conv2d_reference(input, weight, mask, bias, stride, padding, dilation, groups)
@@ -266,8 +265,8 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
     if not isinstance(sparse_weight, SparseConvWeight):
         raise TypeError(f"sparse_conv2d expects a SparseConvWeight, got {type(sparse_weight).__name__} "
                         "(build one with SparseConvWeight.from_dense(weight))")
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    pad = _resolve_padding(padding, sparse_weight.shape[2:], dilation)
+    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pad = resolve_padding(padding, sparse_weight.shape[2:], dilation)
     needs_grad = torch.is_grad_enabled() and (input.requires_grad or (bias is not None and bias.requires_grad))
     if (not sparse_weight.uses_sparse or needs_grad or pad is None or input.dim() not in (3, 4)
             or _positions(input, sparse_weight.shape, stride, pad, dilation) < SPARSE_MIN_POSITIONS
@@ -277,74 +276,3 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
     x = input.unsqueeze(0) if input.dim() == 3 else input
     y = torch.ops.slimkit.sparse_conv2d(x, w.row_ptr, w.col_idx, w.values, list(w.shape), bias, stride, pad, dilation)
     return y.squeeze(0) if input.dim() == 3 else y
-
-
-# ---------------------------------------------------------------------------------------
-# Inference module and model conversion
-
-@serializable
-class SparseConv2d(CSRLayer):
-    """Inference-only conv2d holding a CSR weight (buffers ``row_ptr``, ``col_idx``, ``values``, ``bias``).
-
-    Build it with :meth:`from_conv`; the state_dict holds the CSR tensors, whose sizes
-    depend on the weights, so loading resizes them.
-    """
-
-    weight_class = SparseConvWeight
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
-                 min_sparsity=None):
-        super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = tuple(_pair(kernel_size, "kernel_size"))
-        self.stride = tuple(_pair(stride, "stride"))
-        self.padding = tuple(_pair(padding, "padding"))
-        self.dilation = tuple(_pair(dilation, "dilation"))
-        self._init_csr(self.out_channels, bias, min_sparsity)
-
-    @property
-    def weight_shape(self):
-        return (self.out_channels, self.in_channels, *self.kernel_size)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, min_sparsity: float | None = None) -> "SparseConv2d":
-        """From an ``nn.Conv2d`` or ``MaskedConv2d`` (whose weight is taken times its mask)."""
-        from slimkit.nn.masked import MaskedMixin
-
-        problem = unsupported_reason(conv)
-        if problem:
-            raise ValueError(f"cannot convert to SparseConv2d: {problem}")
-        weight = conv.weight.detach()
-        if isinstance(conv, MaskedMixin):
-            weight = weight * conv.weight_mask
-        pad = _resolve_padding(conv.padding, conv.kernel_size, conv.dilation)
-        m = cls(conv.in_channels, conv.out_channels, list(conv.kernel_size), list(conv.stride), pad,
-                list(conv.dilation), conv.bias is not None, min_sparsity)
-        m._set_weight(weight, conv.bias)
-        return m
-
-    def dense_layer(self) -> nn.Conv2d:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, bias=self.bias is not None)
-
-    def forward(self, x):
-        return sparse_conv2d(x, self.sparse_weight, self.bias, self.stride, self.padding, self.dilation)
-
-    def extra_repr(self):
-        sw = self.sparse_weight
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, "
-                f"sparsity={sw.sparsity:.3f}, uses_sparse={sw.uses_sparse}")
-
-
-def unsupported_reason(conv) -> str | None:
-    """Why ``conv`` cannot become a SparseConv2d, or None."""
-    if not isinstance(conv, nn.Conv2d):
-        return f"{type(conv).__name__} is not a Conv2d"
-    if conv.groups != 1:
-        return f"grouped convolution (groups={conv.groups}); sparse_conv2d supports groups=1, kept dense"
-    if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r}; sparse_conv2d pads with zeros, kept dense"
-    if _resolve_padding(conv.padding, conv.kernel_size, conv.dilation) is None:
-        return "asymmetric 'same' padding, kept dense"
-    return None

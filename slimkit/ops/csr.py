@@ -1,21 +1,18 @@
-"""CSR weights and the inference layers that hold them, shared by sparse_conv2d and sparse_linear.
+"""CSR weights: the data that sparse_conv2d and sparse_linear take.
 
 A pruned weight of shape (out, *fan_in) is stored in CSR over out x prod(fan_in):
 ``row_ptr`` (out+1), ``col_idx`` and ``values`` (nnz). :class:`CSRWeight` validates and
 converts it, and decides, from its sparsity, whether the sparse kernel runs at all
-(``uses_sparse``, with ``reason``); :class:`CSRLayer` is what the inference modules
-(:class:`slimkit.ops.conv.SparseConv2d`, :class:`slimkit.ops.linear.SparseLinear`) have in
-common: CSR buffers whose sizes follow the loaded weights, the counts slimkit's
-counters read, and a plain dense twin for export and size comparisons.
+(``uses_sparse``, with ``reason``). The inference layers that hold such weights in
+buffers (``SparseConv2d``, ``SparseLinear``) are modules and live in :mod:`slimkit.nn.sparse`.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn as nn
 
-__all__ = ["CSRWeight", "CSRLayer"]
+__all__ = ["CSRWeight"]
 
 
 class CSRWeight:
@@ -131,83 +128,3 @@ class CSRWeight:
     def __repr__(self):
         return (f"{type(self).__name__}(shape={tuple(self.shape)}, nnz={self.nnz}, density={self.density:.3f}, "
                 f"uses_sparse={self.uses_sparse})")
-
-
-class CSRLayer(nn.Module):
-    """Base of the inference-only layers that hold a :class:`CSRWeight` in buffers
-    ``row_ptr``, ``col_idx``, ``values`` (and ``bias``).
-
-    Subclasses set ``weight_class`` and define ``weight_shape`` and ``to_dense_module``.
-    The CSR sizes depend on the weights, so loading a state_dict resizes the buffers
-    and validates the result (a corrupt file is an error message, not a crash).
-    """
-
-    weight_class: type[CSRWeight] = CSRWeight
-
-    def _init_csr(self, rows: int, bias: bool, min_sparsity: float | None) -> None:
-        self.min_sparsity = min_sparsity
-        self.register_buffer("row_ptr", torch.zeros(rows + 1, dtype=torch.int32))
-        self.register_buffer("col_idx", torch.zeros(0, dtype=torch.int32))
-        self.register_buffer("values", torch.zeros(0))
-        self.register_buffer("bias", torch.zeros(rows) if bias else None)
-        self._sw_cache = None
-
-    @property
-    def weight_shape(self) -> tuple:
-        raise NotImplementedError
-
-    def _set_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        sw = self.weight_class.from_dense(weight, self.min_sparsity)
-        self.row_ptr, self.col_idx, self.values = sw.row_ptr, sw.col_idx, sw.values
-        if bias is not None:
-            self.bias = bias.detach().clone()
-
-    def weight_counts(self) -> tuple[int, int]:
-        """(elements, non-zeros) of the dense weight this layer stands for. slimkit's counters
-        (parameters, non-zeros, MACs, sparsity) use it because the weight lives in buffers."""
-        return math.prod(self.weight_shape), int(torch.count_nonzero(self.values))
-
-    @property
-    def sparse_weight(self) -> CSRWeight:
-        # Rebuilt (and validated) only when a buffer is replaced or modified in place; the
-        # check runs on every forward, so it is written out (a small layer's kernel takes a few us).
-        buffers = self._buffers
-        rp, ci, v = buffers["row_ptr"], buffers["col_idx"], buffers["values"]
-        c = self._sw_cache
-        if (c is None or c[0] is not rp or c[1] is not ci or c[2] is not v or c[3] != rp._version
-                or c[4] != ci._version or c[5] != v._version):
-            sw = self.weight_class(rp, ci, v, self.weight_shape, self.min_sparsity)
-            self._sw_cache = c = (rp, ci, v, rp._version, ci._version, v._version, sw)
-        return c[6]
-
-    def dense_layer(self) -> nn.Module:
-        """A new plain layer (nn.Conv2d, nn.Linear) of this one's shape and hyper-parameters."""
-        raise NotImplementedError
-
-    def to_dense_module(self) -> nn.Module:
-        """The plain dense layer with the same weights (export, size comparisons, timing twins)."""
-        dense = self.sparse_weight.to_dense()
-        layer = self.dense_layer().to(device=dense.device, dtype=dense.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(dense.reshape(layer.weight.shape))
-            if self.bias is not None:
-                layer.bias.copy_(self.bias)
-        return layer
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # The CSR sizes depend on the weights: take the incoming ones before the copy.
-        for name in ("row_ptr", "col_idx", "values"):
-            t = state_dict.get(prefix + name)
-            cur = getattr(self, name)
-            if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape != cur.shape:
-                dtype = t.dtype if name != "values" and t.dtype in (torch.int32, torch.int64) else cur.dtype
-                setattr(self, name, torch.empty(t.shape, dtype=dtype, device=cur.device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        self._sw_cache = None
-        if not error_msgs:
-            try:
-                self.sparse_weight  # validate the loaded CSR now, with a clear message
-            except ValueError as exc:
-                error_msgs.append(f"{prefix or type(self).__name__}: {exc}")

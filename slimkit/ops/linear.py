@@ -1,4 +1,4 @@
-"""Sparse fully connected layer for inference: ``sparse_linear`` and :class:`SparseLinear`.
+"""Sparse fully connected op for inference: ``sparse_linear`` over a :class:`SparseLinearWeight`.
 
 ``sparse_linear(input, SparseLinearWeight, bias)`` is ``F.linear(input, dense(weight), bias)``
 with the weight in CSR over out_features x in_features (csrc/cpu/sparse_linear.cpp,
@@ -16,15 +16,13 @@ the dense reference otherwise (same results).
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.nn.spec import serializable
 from slimkit.ops import backend
-from slimkit.ops.csr import CSRLayer, CSRWeight
+from slimkit.ops.csr import CSRWeight
 
-__all__ = ["SPARSE_LINEAR_MIN_SPARSITY", "SPARSE_LINEAR_MIN_MACS", "SparseLinearWeight", "sparse_linear", "sparse_linear_reference",
-           "SparseLinear"]
+__all__ = ["SPARSE_LINEAR_MIN_SPARSITY", "SPARSE_LINEAR_MIN_MACS", "SparseLinearWeight", "sparse_linear",
+           "sparse_linear_reference"]
 
 #: Sparsity from which ``sparse_linear`` runs the sparse kernel instead of dense ``F.linear``.
 #: Measured on the development machine (AMD EPYC Zen 4, fp32, 784->300, interleaved medians;
@@ -130,50 +128,3 @@ def sparse_linear(input, sparse_weight: SparseLinearWeight, bias=None):
     x = input.reshape(-1, input.shape[-1]) if input.dim() != 2 else input
     y = torch.ops.slimkit.sparse_linear.default(x.contiguous(), w.row_ptr, w.col_idx, w.values, w.shape_list, bias)
     return y if input.dim() == 2 else y.reshape(*input.shape[:-1], w.shape[0])
-
-
-@serializable
-class SparseLinear(CSRLayer):
-    """Inference-only fully connected layer holding a CSR weight (buffers ``row_ptr``,
-    ``col_idx``, ``values``, ``bias``). Build it with :meth:`from_linear`."""
-
-    weight_class = SparseLinearWeight
-
-    def __init__(self, in_features, out_features, bias=True, min_sparsity=None):
-        super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_csr(self.out_features, bias, min_sparsity)
-
-    @property
-    def weight_shape(self):
-        return (self.out_features, self.in_features)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, min_sparsity: float | None = None) -> "SparseLinear":
-        """From an ``nn.Linear`` or ``MaskedLinear`` (whose weight is taken times its mask)."""
-        from slimkit.nn.masked import MaskedMixin
-
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"cannot convert to SparseLinear: {type(linear).__name__} is not a Linear")
-        weight = linear.weight.detach()
-        if isinstance(linear, MaskedMixin):
-            weight = weight * linear.weight_mask
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, min_sparsity)
-        m._set_weight(weight, linear.bias)
-        return m
-
-    def dense_layer(self) -> nn.Linear:
-        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-
-    def forward(self, x):
-        sw, bias = self.sparse_weight, self._buffers["bias"]
-        if not sw.uses_sparse or x.numel() * self.out_features < SPARSE_LINEAR_MIN_MACS:
-            # the dense path sparse_linear would take, without its other checks (a small
-            # layer's whole F.linear takes a few microseconds)
-            return F.linear(x, sw.to_dense(), bias)
-        return sparse_linear(x, sw, bias)
-
-    def extra_repr(self):
-        sw = self.sparse_weight
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"sparsity={sw.sparsity:.3f}, uses_sparse={sw.uses_sparse}")

@@ -17,7 +17,6 @@ class RandomPrune(Method):
     paper = "Han et al., Learning both Weights and Connections for Efficient Neural Networks, NeurIPS 2015 (control)"
     options = [
         Option("sparsity", float, 0.5, "fraction of weights removed per layer", min=0.0, max=0.99),
-        Option("epochs", int, None, "fine-tuning epochs (default: the run's --epochs)", min=0),
     ]
 
     def apply(self, model, ctx, opts):
@@ -30,7 +29,7 @@ class RandomPrune(Method):
             mask = torch.ones(n)
             mask[order[:k]] = 0
             layer.set_mask(mask.view_as(layer.weight).to(layer.weight.device))
-        ctx.train(model, epochs=opts["epochs"])
+        ctx.train(model, epochs=opts["epochs"], lr=opts["lr"])  # the engine's common options
         return model
 
 
