@@ -381,4 +381,7 @@ def test_registered_as_a_plugin():
     registry = registry_with_lowrank()
     assert isinstance(registry.method("lowrank"), lr.LowRank)
     names = registry.modules.names()
-    assert "slimkit_plugins.lowrank.LowRankConv2d" in names and "slimkit_plugins.lowrank.LowRankLinear" in names
+    assert "slimkit.nn.lowrank.LowRankConv2d" in names and "slimkit.nn.lowrank.LowRankLinear" in names
+    # the layers lived in the plugin before they moved into slimkit.nn: files naming them still load
+    for old in ("LowRankConv2d", "LowRankLinear"):
+        assert registry.modules.resolve(f"slimkit_plugins.lowrank.{old}") == f"slimkit.nn.lowrank.{old}"

@@ -10,6 +10,7 @@ from slimkit.nn.spec import BUILTINS, ModuleRegistry, serializable, storage_hint
 from slimkit.nn.masked import MaskedConv2d, MaskedLinear, MaskedMixin, prunable_layers, to_masked, to_plain, zero_pruned
 from slimkit.nn.quantized import (CodebookMixin, Int8Conv2d, Int8Linear, Int8Mixin, QuantizedConv2d, QuantizedLinear,
                                   codebook_layers, quantizable_layers, quantized_twin)
+from slimkit.nn.lowrank import LOWRANK_MODULES, LowRankConv2d, LowRankLinear
 from slimkit.nn.sparse import CSRLayer, SparseConv2d, SparseLayerReport, SparseLinear, to_sparse_inference
 from slimkit.nn.surgery import effective_weight, replace_layer
 
@@ -31,4 +32,4 @@ __all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "storage_h
            "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
            "quantized_twin", "quantizable_layers", "codebook_layers",
            "CSRLayer", "SparseConv2d", "SparseLinear", "SparseLayerReport", "to_sparse_inference",
-           "replace_layer", "effective_weight"]
+           "replace_layer", "effective_weight", "LowRankConv2d", "LowRankLinear"]
