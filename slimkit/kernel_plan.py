@@ -80,13 +80,13 @@ def _native(op: str, dtype: torch.dtype) -> tuple[bool, str]:
     return False, f"no native kernel: {backend.backend_name()}"
 
 
-def kernel_choice(module: nn.Module, example_macs: int, batch: int) -> dict:
+def kernel_choice(module: nn.Module, example_macs: int, batch: int, sparse_weight=None) -> dict:
     """``{"kernel": "sparse" | "dense", "reason": ...}`` for one call of ``module`` at ``batch``
     (``example_macs``: its dense multiply-accumulates for one example, from ``count_macs``).
     For a layer not converted to CSR the kernel is "dense" and ``"converted"`` holds the
-    choice it would make once converted."""
+    choice it would make once converted (``sparse_weight``: the CSR weight, if already built)."""
     conv, csr, linear = _ops()
-    sw = _csr_weight(module)
+    sw = sparse_weight if sparse_weight is not None else _csr_weight(module)
     is_conv = isinstance(sw, conv.SparseConvWeight)
     # a conv's MACs per example are output positions x weight elements; a linear call's MACs
     # (what sparse_linear compares with its floor) are batch x the per-example ones
@@ -120,5 +120,10 @@ def kernel_plan(model: nn.Module, input_shape, batch_sizes=REPORTED_BATCH_SIZES,
     """Layer name -> ``{"batch B": kernel_choice(...)}`` for every sparse-capable layer that
     the forward pass reaches (``macs``: ``count_macs(model, input_shape, layers=True)``)."""
     macs = macs or count_macs(model, input_shape, layers=True)
-    return {name: {f"batch {b}": kernel_choice(module, macs["layers"][name]["dense"], b) for b in batch_sizes}
-            for name, module in model.named_modules() if name in macs["layers"] and is_sparse_capable(module)}
+    plan = {}
+    for name, module in model.named_modules():
+        if name in macs["layers"] and is_sparse_capable(module):
+            sw = _csr_weight(module)  # built once per layer, not per batch size
+            plan[name] = {f"batch {b}": kernel_choice(module, macs["layers"][name]["dense"], b, sw)
+                          for b in batch_sizes}
+    return plan
