@@ -10,7 +10,7 @@ the baseline (or ``--teacher``). The student is one of
   name). ``W`` is the zoo option itself, not relative to a ``--model-opt width``;
 * ``student=input`` (the default when neither ``student`` nor ``width`` is given):
   the model coming in from the previous stage of a chain, trained on with its
-  weights kept, e.g. ``--method prune,distill`` recovers a pruned model's accuracy
+  weights kept, e.g. ``--method prune --method distill`` recovers a pruned model's accuracy
   with the dense baseline as teacher. As the first stage of a run that model *is*
   the baseline, so ``distill`` alone with the default student is a KD fine-tune of
   the teacher itself (no compression); the stage logs a note when that happens.

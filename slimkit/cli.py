@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slimkit.config import read_toml, run_defaults
@@ -267,13 +268,16 @@ def evaluate(
 def info(
     model_file: Path = typer.Argument(..., help="A .slim file."),
     latency: bool = typer.Option(False, "--latency", help="Measure inference latency (median of warm runs)."),
-    batch_size: int = typer.Option(1, help="Batch size for --latency."),
+    batch_size: int = typer.Option(1, min=1, help="Batch size for --latency (also added to the kernel table)."),
+    runs: int = typer.Option(50, min=1, help="Timed forward passes per model for --latency."),
+    warmup: int = typer.Option(10, min=0, help="Untimed forward passes per model before timing."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Per-layer shapes, parameters, non-zeros, MACs and bytes of a .slim model."""
+    """Per-layer shapes, parameters, non-zeros, MACs and bytes of a .slim model, and which kernel
+    each sparse-capable layer runs at batch 1 and 64 (and --batch-size), and why."""
     from slimkit.summary import describe_model, print_description
 
-    desc = describe_model(model_file, latency=latency, batch_size=batch_size)
+    desc = describe_model(model_file, latency=latency, batch_size=batch_size, repeats=runs, warmup=warmup)
     if as_json:
         print(json.dumps(desc, indent=2))
     else:
@@ -328,7 +332,7 @@ def methods(as_json: bool = typer.Option(False, "--json")):
 
 @app.command()
 def plugins(as_json: bool = typer.Option(False, "--json")):
-    """List loaded plugins and the distributions they come from."""
+    """List plugins, the distributions they come from, what they provide, and any that failed or are disabled."""
     from slimkit.plugins import get_registry
 
     registry = get_registry()
@@ -336,27 +340,35 @@ def plugins(as_json: bool = typer.Option(False, "--json")):
     for kind, table in (("method", registry.methods), ("model", registry.models), ("dataset", registry.datasets)):
         for r in table.values():
             contributed.setdefault(r.plugin, []).append(f"{kind}:{r.name}")
-    rows = [{"plugin": p.name, "distribution": p.distribution, "version": p.version, "error": p.error,
-             "provides": sorted(contributed.get(p.name, []))} for p in registry.plugins]
+    rows = [{"plugin": p.name, "distribution": p.distribution, "version": p.version, "status": p.status,
+             "error": p.error, "conflicts": p.conflicts, "provides": sorted(contributed.get(p.name, []))}
+            for p in registry.plugins]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table("plugin", "distribution", "version", "provides")
     for r in rows:
-        table.add_row(r["plugin"], r["distribution"], r["version"],
-                      f"[red]failed: {r['error']}[/red]" if r["error"] else ", ".join(r["provides"]))
+        if r["status"] == "disabled":
+            provides = "[yellow]disabled (SLIMKIT_DISABLE_PLUGINS)[/yellow]"
+        elif r["error"]:
+            provides = f"[red]failed: {escape(r['error'])}[/red]"
+        else:
+            provides = ", ".join(r["provides"]) + "".join(f"\n[yellow]{escape(c)}[/yellow]" for c in r["conflicts"])
+        table.add_row(r["plugin"], r["distribution"], r["version"], provides)
     out.print(table)
 
 
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json")):
-    """Torch version, threads, device and the kernel backend in use."""
+    """Torch version, threads, device, the kernel backend in use, and plugins that failed or are disabled."""
     import platform
 
     import torch
 
     from slimkit.ops import backend
+    from slimkit.plugins import get_registry
 
+    registry = get_registry()
     rows = {
         "slimkit": __import__("slimkit").__version__,
         "python": platform.python_version(),
@@ -364,12 +376,20 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
         "kernels": backend.backend_name(),
+        "plugins": f"{sum(p.status == 'loaded' for p in registry.plugins)} loaded, "
+                   f"{sum(p.status == 'failed' for p in registry.plugins)} failed, "
+                   f"{sum(p.status == 'disabled' for p in registry.plugins)} disabled",
     }
+    disabled = [f"{p.name} ({p.distribution})" for p in registry.plugins if p.disabled]
     if as_json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for k, v in rows.items():
-            out.print(f"{k:<10} {v}")
+        print(json.dumps({**rows, "plugin_problems": registry.problems(), "disabled_plugins": disabled}, indent=2))
+        return
+    for k, v in rows.items():
+        out.print(f"{k:<10} {v}", markup=False)
+    for line in registry.problems():
+        out.print(f"problem    {line}", markup=False)
+    for name in disabled:
+        out.print(f"disabled   {name} (SLIMKIT_DISABLE_PLUGINS)", markup=False)
 
 
 @bench_app.command("kernels")

@@ -1,4 +1,8 @@
-"""Numbers for reports: parameters, non-zeros, sparsity, MACs and latency.
+"""Numbers for reports: parameters, non-zeros, sparsity, MACs, the reference size and latency.
+
+The reference size of a model is the bytes of the same model written dense fp32
+(:func:`write_dense_fp32`): ``compression_ratio`` in report.json and ``slimkit info``'s
+ratio both divide it by the bytes of the file.
 
 Latency is the median of timed forward passes after warm-up, with every model
 under comparison timed in the same run, interleaved, so that load on the machine
@@ -7,8 +11,10 @@ hits them alike.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -43,9 +49,38 @@ def model_stats(model: nn.Module, input_shape) -> dict:
     }
 
 
+def write_dense_fp32(path, model: nn.Module, registry, *, info: dict) -> int:
+    """Write ``model`` as the reference artifact: masked and CSR layers decoded to plain
+    Conv2d/Linear, float32, every tensor with the ``dense`` codec. Returns the file's bytes."""
+    from slimkit import storage
+    from slimkit.export import dense_model
+
+    twin = dense_model(model).float()
+    plan = {key: ("dense", {}) for key in twin.state_dict()}
+    return storage.save_model(path, twin, registry, info=info, plan=plan)
+
+
+def dense_fp32_bytes(model: nn.Module, registry, *, info: dict) -> int:
+    """Bytes of :func:`write_dense_fp32` of ``model`` (written to a temporary directory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_dense_fp32(Path(tmp) / "dense.slim", model, registry, info=info)
+
+
+#: Defaults of :func:`measure_latency`: forward passes timed per model, and untimed ones before.
+LATENCY_REPEATS = 50
+LATENCY_WARMUP = 10
+
+
+def latency_note(*, batch_size: int, repeats: int, warmup: int, device, models: int) -> str:
+    """How a latency was measured, from the arguments actually given to :func:`measure_latency`."""
+    together = ", interleaved with the other model(s)" if models > 1 else ""
+    return (f"median of {repeats} forward passes at batch {batch_size} after {warmup} warm-up{together}, "
+            f"{torch.get_num_threads()} threads, {device}")
+
+
 @torch.no_grad()
-def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: int = 1, warmup: int = 10,
-                    repeats: int = 50, device="cpu") -> dict[str, float]:
+def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: int = 1,
+                    warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS, device="cpu") -> dict[str, float]:
     """Median milliseconds per forward pass of each model, timed interleaved in one run."""
     x = torch.randn(batch_size, *input_shape, device=device)
     cuda = torch.device(device).type == "cuda"

@@ -22,8 +22,9 @@ from slimkit import __version__, atomic, distributed, faults, storage
 from slimkit.api import StageContext
 from slimkit.config import RunConfig, validate_config  # RunConfig: imported from here too
 from slimkit.data import load_data
-from slimkit.errors import UserError
-from slimkit.measure import measure_latency, model_stats
+from slimkit.errors import TrainingDiverged, UserError
+from slimkit.measure import (LATENCY_REPEATS, LATENCY_WARMUP, latency_note, measure_latency, model_stats,
+                             write_dense_fp32)
 from slimkit.modelio import classify, load_python_model, load_torchscript
 from slimkit.nn import to_sparse_inference
 from slimkit.plugins import get_registry
@@ -212,10 +213,11 @@ class Run:
             lock.acquire()
         try:
             return self._execute(teardown)
-        except UserError:
+        except UserError as exc:
             # A fresh run that failed (a full disk, say) leaves --out as it found it; an
-            # interrupted run keeps .work for --resume, and so does a failed resume.
-            if self.dist.is_main and not self.cfg.resume:
+            # interrupted run keeps .work for --resume, and so do a failed resume and a
+            # diverged run (its last good checkpoint is named in the message).
+            if self.dist.is_main and not self.cfg.resume and not isinstance(exc, TrainingDiverged):
                 shutil.rmtree(self.work, ignore_errors=True)
             raise
         finally:
@@ -246,9 +248,11 @@ class Run:
         started = time.perf_counter()
         model, baseline_info = self.baseline(metrics_path)
 
-        # The baseline as a dense fp32 artifact: its file size is the reference size.
+        # The baseline as a dense fp32 artifact (a pre-pruned .slim too): its file size is the
+        # reference size, the same bytes measure.dense_fp32_bytes gives `slimkit info`.
         baseline_path = self.work / "baseline.slim"
-        self.save(baseline_path, model)
+        if self.dist.is_main:
+            write_dense_fp32(baseline_path, model, self.registry, info=self.header_info(cfg.model))
         distributed.barrier(self.dist)
         baseline_loaded = storage.load_model(baseline_path, self.registry)
         baseline_model = baseline_loaded.model.to(self.device)
@@ -290,7 +294,9 @@ class Run:
             sparse_layers = [{"layer": r.name, "sparse": bool(r.uses_sparse), "sparsity": float(r.sparsity),
                               "reason": r.reason} for r in to_sparse_inference(model)]
         final_path = self.work / "model.slim"
-        self.save(final_path, model)
+        # recorded so that `slimkit info` can give compression_ratio even when a stage changed the
+        # architecture (its own reference is this model written dense fp32)
+        self.save(final_path, model, baseline_dense_fp32_bytes=baseline_loaded.size_bytes)
         distributed.barrier(self.dist)
         report = None
         if self.dist.is_main:
@@ -329,11 +335,10 @@ class Run:
         final = {"accuracy": self._evaluate(trainer, final_model), **model_stats(final_model, shape),
                  "size_bytes": final_loaded.size_bytes}
         if cfg.latency:
-            lat = measure_latency({"baseline": base_model, "final": final_model}, shape, device=self.device)
+            timing = {"batch_size": 1, "repeats": LATENCY_REPEATS, "warmup": LATENCY_WARMUP, "device": self.device}
+            lat = measure_latency({"baseline": base_model, "final": final_model}, shape, **timing)
             baseline["latency_ms"], final["latency_ms"] = lat["baseline"], lat["final"]
-            baseline["latency_note"] = final["latency_note"] = (
-                f"median of 50 forward passes at batch 1 after 10 warm-up, interleaved, "
-                f"{torch.get_num_threads()} threads, {self.device}")
+            baseline["latency_note"] = final["latency_note"] = latency_note(**timing, models=2)
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
         if not any(h.get("stage") == "baseline" for h in history):  # a cached baseline: its curve from the cache
             history = [*baseline_info.get("history", []), *history]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -12,8 +10,11 @@ from safetensors import safe_open
 
 from slimkit import storage
 from slimkit.export import dense_model
-from slimkit.measure import measure_latency, model_stats
+from slimkit.kernel_plan import REPORTED_BATCH_SIZES, kernel_plan
+from slimkit.measure import (LATENCY_REPEATS, LATENCY_WARMUP, dense_fp32_bytes, latency_note, measure_latency,
+                             model_stats)
 from slimkit.models import count_macs
+from slimkit.nn.sparse import CSRLayer
 from slimkit.plugins import get_registry
 
 # Bytes per element, by the dtype names safetensors uses.
@@ -34,63 +35,117 @@ def stored_bytes(path: Path, header: dict) -> dict[str, int]:
     return sizes
 
 
-def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
+def _stored_as(module: nn.Module, own_keys: list[str], prefix: str, header: dict) -> str:
+    """How the file stores this layer: the weight's codec (with its settings), the CSR buffers
+    of a sparse-inference layer, or the codecs of whatever else the layer holds."""
+    entries = header["tensors"]
+    if callable(getattr(module, "weight_counts", None)) and prefix + "values" in entries:
+        dtypes = {k: entries[prefix + k]["dtype"] for k in ("row_ptr", "values") if prefix + k in entries}
+        return f"CSR buffers ({dtypes.get('row_ptr', '?')} indices, {dtypes.get('values', '?')} values)"
+    weight = entries.get(prefix + "weight")
+    if weight is not None and weight["codec"] not in storage.DERIVED:
+        meta = ", ".join(f"{k}={v}" for k, v in sorted(weight.get("meta", {}).items())
+                         if isinstance(v, (int, str, bool)))
+        return weight["codec"] + (f" ({meta})" if meta else "")
+    codecs = sorted({entries[prefix + k]["codec"] for k in own_keys if prefix + k in entries})
+    return ",".join(c for c in codecs if c not in storage.DERIVED)
+
+
+def _layer_row(name: str, module: nn.Module, header: dict, macs: dict, per_key: dict) -> dict:
+    own = [k for k, _ in module.named_parameters(recurse=False)] + [k for k, _ in module.named_buffers(recurse=False)]
+    prefix = f"{name}." if name else ""
+    if callable(getattr(module, "weight_counts", None)):  # weight held in CSR buffers: the dense one it stands for
+        numel, nonzero = module.weight_counts()
+        bias = module._buffers.get("bias")
+        shape = list(module.weight_shape)
+        params = numel + (bias.numel() if isinstance(bias, torch.Tensor) else 0)
+        nonzero += int(torch.count_nonzero(bias)) if isinstance(bias, torch.Tensor) else 0
+    else:
+        weight, mask = getattr(module, "weight", None), getattr(module, "weight_mask", None)
+        shape = list(weight.shape) if isinstance(weight, torch.Tensor) else None
+        params = sum(p.numel() for _, p in module.named_parameters(recurse=False))
+        nonzero = sum(int(torch.count_nonzero(p * mask if k == "weight" and isinstance(mask, torch.Tensor) else p))
+                      for k, p in module.named_parameters(recurse=False))
+    return {"layer": name or "(model)", "type": type(module).__name__, "shape": shape, "params": params,
+            "nonzero": nonzero, "macs": macs["layers"].get(name, {}).get("dense", 0),
+            "nonzero_macs": macs["layers"].get(name, {}).get("nonzero", 0),
+            "bytes": sum(per_key.get(prefix + k, 0) for k in own),
+            "codec": _stored_as(module, own, prefix, header),
+            "codecs": {k: header["tensors"][prefix + k]["codec"] for k in own if prefix + k in header["tensors"]}}
+
+
+def describe_model(path, *, latency: bool = False, batch_size: int = 1, repeats: int = LATENCY_REPEATS,
+                   warmup: int = LATENCY_WARMUP) -> dict:
     registry = get_registry()
     loaded = storage.load_model(path, registry)
     model, header = loaded.model, loaded.header
     shape = tuple(header["input_shape"])
     macs = count_macs(model, shape, layers=True)
     per_key = stored_bytes(loaded.path, header)
+    batch_sizes = sorted({*REPORTED_BATCH_SIZES, int(batch_size)})
+    plan = kernel_plan(model, shape, batch_sizes, macs)
     layers = []
     for name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-        if not own or isinstance(module, nn.Sequential):
+        has_own = any(True for _ in module.named_parameters(recurse=False)) or \
+            any(True for _ in module.named_buffers(recurse=False))
+        if not has_own or isinstance(module, nn.Sequential):
             continue
-        prefix = f"{name}." if name else ""
-        params = sum(p.numel() for _, p in module.named_parameters(recurse=False))
-        weight = getattr(module, "weight", None)
-        mask = getattr(module, "weight_mask", None)
-        nonzero = 0
-        for pname, p in module.named_parameters(recurse=False):
-            eff = p * mask if pname == "weight" and isinstance(mask, torch.Tensor) else p
-            nonzero += int(torch.count_nonzero(eff))
-        codecs = sorted({header["tensors"][prefix + k]["codec"] for k, _ in own if prefix + k in header["tensors"]})
-        row = {"layer": name or "(model)", "type": type(module).__name__,
-               "shape": list(weight.shape) if isinstance(weight, torch.Tensor) else None,
-               "params": params, "nonzero": nonzero,
-               "macs": macs["layers"].get(name, {}).get("dense", 0),
-               "nonzero_macs": macs["layers"].get(name, {}).get("nonzero", 0),
-               "bytes": sum(per_key.get(prefix + k, 0) for k, _ in own),
-               "codec": ",".join(c for c in codecs if c not in storage.DERIVED)}
-        sparse_weight = getattr(module, "sparse_weight", None)
-        if sparse_weight is not None:  # --sparse-inference layer: which kernel it runs, and why
-            row["runs_sparse"] = bool(sparse_weight.uses_sparse)
-            row["kernel_reason"] = sparse_weight.reason
+        row = _layer_row(name, module, header, macs, per_key)
+        if name in plan:  # which kernel it runs at each batch size, and why
+            row["kernels"] = plan[name]
+        if isinstance(module, CSRLayer):
+            sw = module.sparse_weight
+            row["runs_sparse"], row["kernel_reason"] = bool(sw.uses_sparse), sw.reason
         layers.append(row)
     stats = model_stats(model, shape)
-    with tempfile.TemporaryDirectory() as tmp:  # the same model stored dense fp32: the reference size
-        dense_twin = dense_model(model)  # masked and CSR layers decoded to plain Conv2d/Linear
-        dense_bytes = storage.save_model(Path(tmp) / "dense.slim", dense_twin, registry, info={
-            k: header[k] for k in ("model", "input_shape", "num_classes", "data") if k in header})
+    info = {k: header[k] for k in ("model", "input_shape", "num_classes", "data") if k in header}
+    dense_bytes = dense_fp32_bytes(model, registry, info=info)
     desc = {"file": str(loaded.path), "model": header.get("model"), "input_shape": list(shape),
             "num_classes": header.get("num_classes"), "data": header.get("data", {}).get("description"),
             "layers": layers, **stats, "size_bytes": loaded.size_bytes, "tensor_bytes": sum(per_key.values()),
-            "dense_fp32_bytes": dense_bytes, "ratio_to_dense_fp32": dense_bytes / loaded.size_bytes}
+            "dense_fp32_bytes": dense_bytes, "ratio_to_dense_fp32": dense_bytes / loaded.size_bytes,
+            "batch_sizes": batch_sizes}
+    if isinstance(header.get("baseline_dense_fp32_bytes"), int):  # written by a compress run
+        desc["baseline_dense_fp32_bytes"] = header["baseline_dense_fp32_bytes"]
+        desc["ratio_to_baseline"] = header["baseline_dense_fp32_bytes"] / loaded.size_bytes
     if latency:
-        # A model with sparse-inference layers is timed side by side (interleaved, one run)
-        # with its dense twin, the same weights decoded to plain Conv2d/Linear: the speed-up
-        # the sparse path buys on this machine.
-        timed = {"model": model}
-        if any(r.get("runs_sparse") for r in layers):
-            timed["dense"] = dense_twin
-        lat = measure_latency(timed, shape, batch_size=batch_size)
-        desc["latency_ms"] = lat["model"]
-        desc["latency_note"] = (f"median of 50 forward passes at batch {batch_size} after 10 warm-up, "
-                                f"{torch.get_num_threads()} threads, cpu")
-        if "dense" in lat:
-            desc["latency_dense_ms"] = lat["dense"]
-            desc["sparse_speedup"] = lat["dense"] / lat["model"]
+        desc.update(_latency(model, shape, plan, batch_size=batch_size, repeats=repeats, warmup=warmup))
     return desc
+
+
+def _latency(model, shape, plan: dict, *, batch_size: int, repeats: int, warmup: int) -> dict:
+    """The model timed alone, or, when it has sparse-capable layers, interleaved in one run with
+    its dense twin (the same weights as plain Conv2d/Linear) and, for a model not converted to
+    CSR, with its --sparse-inference conversion: what the sparse path buys on this machine."""
+    timed = {"model": model}
+    if plan:
+        timed["dense"] = dense_model(model)
+        if not any(isinstance(m, CSRLayer) for m in model.modules()):
+            from slimkit.nn.sparse import to_sparse_inference
+
+            converted = dense_model(model)
+            to_sparse_inference(converted)
+            timed["sparse_inference"] = converted
+    lat = measure_latency(timed, shape, batch_size=batch_size, repeats=repeats, warmup=warmup)
+    out = {"latency_ms": lat["model"], "latency": {"batch_size": batch_size, "repeats": repeats, "warmup": warmup,
+                                                   "threads": torch.get_num_threads(), "device": "cpu",
+                                                   "ms": lat},
+           "latency_note": latency_note(batch_size=batch_size, repeats=repeats, warmup=warmup, device="cpu",
+                                        models=len(timed))}
+    if "dense" in lat:
+        out["latency_dense_ms"] = lat["dense"]
+        out["sparse_speedup"] = lat["dense"] / lat["model"]
+    if "sparse_inference" in lat:
+        out["latency_sparse_inference_ms"] = lat["sparse_inference"]
+    return out
+
+
+def _kernel_text(choice: dict) -> str:
+    text = f"{choice['kernel']}: {choice['reason']}"
+    if "converted" in choice:
+        then = choice["converted"]
+        text += f"; once converted (--sparse-inference) {then['kernel']}: {then['reason']}"
+    return text
 
 
 def print_description(desc: dict, console) -> None:
@@ -99,19 +154,33 @@ def print_description(desc: dict, console) -> None:
     for col in ("layer", "type", "shape", "params", "non-zero", "MACs", "non-zero MACs", "bytes", "stored as"):
         table.add_column(col, justify="left" if col in ("layer", "type", "shape", "stored as") else "right")
     for r in desc["layers"]:
-        stored = r["codec"] + (" (sparse kernel)" if r.get("runs_sparse") else
-                               " (dense kernel)" if "runs_sparse" in r else "")
         table.add_row(r["layer"], r["type"], "x".join(map(str, r["shape"])) if r["shape"] else "",
                       f"{r['params']:,}", f"{r['nonzero']:,}", f"{r['macs']:,}", f"{r['nonzero_macs']:,}",
-                      f"{r['bytes']:,}", stored)
+                      f"{r['bytes']:,}", r["codec"])
     table.add_row("total", "", "", f"{desc['params']:,}", f"{desc['nonzero_params']:,}", f"{desc['macs']:,}",
                   f"{desc['nonzero_macs']:,}", f"{desc['tensor_bytes']:,}", "", end_section=True)
     console.print(table)
+    kernels = [r for r in desc["layers"] if "kernels" in r]
+    if kernels:
+        ktable = Table(title="kernel per call (inference, this machine's backend)")
+        ktable.add_column("layer")
+        for b in desc["batch_sizes"]:
+            ktable.add_column(f"batch {b}", overflow="fold")
+        for r in kernels:
+            ktable.add_row(r["layer"], *(_kernel_text(r["kernels"][f"batch {b}"]) for b in desc["batch_sizes"]))
+        console.print(ktable)
     console.print(f"file: {desc['size_bytes']:,} bytes (tensors {desc['tensor_bytes']:,} + header and index "
                   f"{desc['size_bytes'] - desc['tensor_bytes']:,}); dense fp32: {desc['dense_fp32_bytes']:,} bytes; "
                   f"{desc['ratio_to_dense_fp32']:.2f}x smaller; sparsity {100 * desc['sparsity']:.2f} %")
+    if "ratio_to_baseline" in desc and desc["baseline_dense_fp32_bytes"] != desc["dense_fp32_bytes"]:
+        console.print(f"the run's baseline, dense fp32: {desc['baseline_dense_fp32_bytes']:,} bytes; "
+                      f"{desc['ratio_to_baseline']:.2f}x smaller (compression_ratio in report.json)")
     if "latency_ms" in desc:
         console.print(f"latency: {desc['latency_ms']:.3f} ms ({desc['latency_note']})")
         if "latency_dense_ms" in desc:
-            console.print(f"dense twin (same weights as plain Conv2d/Linear, timed interleaved with it): "
-                          f"{desc['latency_dense_ms']:.3f} ms; sparse path {desc['sparse_speedup']:.2f}x faster")
+            console.print(f"dense twin (same weights as plain Conv2d/Linear): {desc['latency_dense_ms']:.3f} ms; "
+                          f"speed-up of this model over it {desc['sparse_speedup']:.2f}x")
+        if "latency_sparse_inference_ms" in desc:
+            console.print(f"converted with --sparse-inference: {desc['latency_sparse_inference_ms']:.3f} ms; "
+                          f"speed-up over the dense twin "
+                          f"{desc['latency_dense_ms'] / desc['latency_sparse_inference_ms']:.2f}x")

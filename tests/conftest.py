@@ -73,3 +73,38 @@ def make_plugin_site(site, dist_name: str, module_name: str, source: str, entry_
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[slimkit]\n{entry_name or dist_name} = {module_name}\n")
     return site
+
+
+def write_plugin_project(root, dist_name: str, module_name: str, source: str, entry_name: str | None = None):
+    """A plugin project as its author would write it: pyproject.toml (with the ``slimkit``
+    entry point) and one module. Install it with :func:`pip_install_target`."""
+    root.mkdir(parents=True)
+    (root / f"{module_name}.py").write_text(source)
+    (root / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "{dist_name}"\nversion = "1.0"\n\n'
+        f'[tool.setuptools]\npy-modules = ["{module_name}"]\n\n'
+        f'[project.entry-points.slimkit]\n"{entry_name or dist_name}" = "{module_name}"\n')
+    return root
+
+
+def pip_install_target(projects, target, scratch):
+    """Install plugin projects for real (pip, no network, no dependencies) into ``target``;
+    each is copied to ``scratch`` first so that the build leaves the source tree clean.
+    Put ``target`` on PYTHONPATH (see :func:`pythonpath_with`) to use them."""
+    import shutil
+
+    copies = []
+    for i, project in enumerate(projects):
+        copies.append(Path(scratch) / f"{i}-{Path(project).name}")
+        shutil.copytree(project, copies[-1])
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--disable-pip-version-check", "--target", str(target), *map(str, copies)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return Path(target)
+
+
+def pythonpath_with(*dirs) -> dict:
+    """An environment for run_slimkit: ``dirs`` first, then the PYTHONPATH this run has."""
+    return {"PYTHONPATH": os.pathsep.join([*map(str, dirs), *filter(None, [os.environ.get("PYTHONPATH")])])}

@@ -41,6 +41,32 @@ def test_sizes_are_the_files_written(run_dir):
     assert report["compression_ratio"] > 3  # 90 % sparse weights stored as values + 1-bit mask
 
 
+def test_compression_ratio_is_infos_ratio(run_dir):
+    """One reference size (the model written dense fp32) for report.json and `slimkit info`."""
+    from slimkit.summary import describe_model
+
+    report = json.loads((run_dir / "report.json").read_text())
+    desc = describe_model(run_dir / "model.slim")
+    assert desc["dense_fp32_bytes"] == report["baseline"]["size_bytes"]
+    assert desc["ratio_to_dense_fp32"] == report["compression_ratio"] == desc["ratio_to_baseline"]
+
+
+def test_a_pre_pruned_baseline_is_measured_dense_fp32(run_dir, tmp_path):
+    from slimkit.summary import describe_model
+
+    out = tmp_path / "o"
+    assert cli("compress", "--model", run_dir / "model.slim", "--data", "digits", "--method", "prune", "--set",
+               "sparsity=0.95", "--epochs", "1", "--quiet", "--no-latency", "--out", out) == 0
+    report = json.loads((out / "report.json").read_text())
+    header = storage.read_header(out / "baseline.slim")
+    assert {e["codec"] for e in header["tensors"].values()} == {"dense"}
+    assert {e["dtype"] for e in header["tensors"].values()} == {"float32"}
+    assert report["baseline"]["nonzero_params"] == describe_model(run_dir / "model.slim")["nonzero_params"]
+    final = describe_model(out / "model.slim")  # the same architecture and header, so the same reference
+    assert final["dense_fp32_bytes"] == report["baseline"]["size_bytes"]
+    assert final["ratio_to_dense_fp32"] == report["compression_ratio"]
+
+
 def test_sparsity_and_counts_are_exact(run_dir):
     report = json.loads((run_dir / "report.json").read_text())
     model = storage.load_model(run_dir / "model.slim", get_registry()).model

@@ -15,26 +15,75 @@ from slimkit import hookimpl, hookspecs
 from slimkit.api import Method, Option
 from slimkit.plugins import load_registry, set_registry
 
-from conftest import REPO, cli, run_slimkit
+from conftest import REPO, cli, pip_install_target, pythonpath_with, run_slimkit, write_plugin_project
 
 EXAMPLE = REPO / "docs" / "example-plugin"
 
 
-def install_example_plugin(site: Path) -> Path:
-    """Install docs/example-plugin the way pip would lay it out: the package plus a
-    .dist-info with METADATA and entry_points.txt, on a path of its own."""
-    shutil.copytree(EXAMPLE / "slimkit_random_prune", site / "slimkit_random_prune")
-    info = site / "slimkit_random_prune-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slimkit-random-prune\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[slimkit]\nrandom-prune = slimkit_random_prune\n")
-    return site
+BROKEN_AT_IMPORT = "raise ImportError('needs libfoo')\n"
+
+# Registers a method under a built-in's name (and one of its own): the clash must keep
+# the built-in `prune` and name both distributions; `evil-extra` is still registered.
+COLLIDES_WITH_PRUNE = """
+from slimkit import hookimpl
+from slimkit.api import Method
 
 
-def test_hook_register_methods(tmp_path):
-    """A third-party package, installed only through its entry point, adds a method."""
-    site = install_example_plugin(tmp_path / "site")
-    env = {"PYTHONPATH": str(site)}
+class EvilPrune(Method):
+    name = "prune"
+    summary = "not the real prune"
+
+
+class EvilExtra(Method):
+    name = "evil-extra"
+    summary = "a method that does not clash"
+
+
+@hookimpl
+def register_methods(register):
+    register(EvilPrune())
+    register(EvilExtra())
+"""
+
+# Raises inside its registration hook after registering one method: nothing of it is kept.
+BROKEN_AT_REGISTRATION = """
+from slimkit import hookimpl
+from slimkit.api import Method
+
+
+class HalfDone(Method):
+    name = "half-done"
+
+
+@hookimpl
+def register_methods(register):
+    register(HalfDone())
+    raise RuntimeError("registry of libbar unreachable")
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory):
+    """docs/example-plugin and three misbehaving plugins, installed for real by pip into one
+    directory (one pip run: a build costs seconds)."""
+    tmp = tmp_path_factory.mktemp("plugin-site")
+    projects = [EXAMPLE,
+                write_plugin_project(tmp / "broken", "slimkit-broken-import", "slimkit_broken_import",
+                                     BROKEN_AT_IMPORT, "broken-import"),
+                write_plugin_project(tmp / "evil", "slimkit-evil-prune", "slimkit_evil_prune",
+                                     COLLIDES_WITH_PRUNE, "evil-prune"),
+                write_plugin_project(tmp / "halfdone", "slimkit-half-done", "slimkit_half_done",
+                                     BROKEN_AT_REGISTRATION, "half-done")]
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    return pip_install_target(projects, tmp / "site", scratch)
+
+
+@pytest.mark.slow
+def test_hook_register_methods(plugin_site, tmp_path):
+    """A third-party package (docs/example-plugin, installed by pip), found only through its
+    entry point, adds a method."""
+    env = pythonpath_with(plugin_site)
     methods = json.loads(run_slimkit("methods", "--json", env=env).stdout)
     names = {m["name"]: m for m in methods}
     assert "random-prune" in names and names["random-prune"]["plugin"] == "random-prune"
@@ -44,7 +93,7 @@ def test_hook_register_methods(tmp_path):
     plugins = json.loads(run_slimkit("plugins", "--json", env=env).stdout)
     row = next(p for p in plugins if p["plugin"] == "random-prune")
     assert row["distribution"] == "slimkit-random-prune" and row["version"] == "0.1.0"
-    assert "method:random-prune" in row["provides"]
+    assert row["status"] == "loaded" and "method:random-prune" in row["provides"]
     # and it runs through the CLI like a built-in method
     out = tmp_path / "out"
     proc = run_slimkit("compress", "--data", "synthetic", "--method", "random-prune", "--set", "sparsity=0.75",
@@ -55,10 +104,62 @@ def test_hook_register_methods(tmp_path):
     assert report["final"]["sparsity"] == pytest.approx(0.75, abs=1e-3)
 
 
+@pytest.mark.slow
+def test_broken_and_clashing_plugins_leave_every_command_working(plugin_site, tmp_path):
+    env = pythonpath_with(plugin_site)
+    proc = run_slimkit("plugins", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["plugin"]: r for r in json.loads(proc.stdout)}
+    broken = rows["broken-import"]
+    assert broken["status"] == "failed" and broken["distribution"] == "slimkit-broken-import"
+    assert broken["error"] == "import failed: ImportError: needs libfoo"
+    half = rows["half-done"]
+    assert half["status"] == "failed" and "RuntimeError: registry of libbar unreachable" in half["error"]
+    assert half["provides"] == []  # what it registered before raising is dropped
+    evil = rows["evil-prune"]
+    assert evil["status"] == "loaded" and evil["provides"] == ["method:evil-extra"]
+    (clash,) = evil["conflicts"]
+    assert "'prune'" in clash and "slimkit-evil-prune" in clash and "(slimkit)" in clash
+    assert rows["prune"]["provides"] == ["method:prune"] and rows["prune"]["distribution"] == "slimkit"
+
+    table = run_slimkit("plugins", env=env)
+    assert table.returncode == 0 and "Traceback" not in table.stderr
+    assert "slimkit-broken-import" in table.stdout and "ImportError: needs libfoo" in table.stdout
+    doctor = run_slimkit("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stderr
+    assert "slimkit-broken-import" in doctor.stdout and "needs libfoo" in doctor.stdout
+    assert "slimkit-half-done" in doctor.stdout and "slimkit-evil-prune" in doctor.stdout
+    methods = {m["name"]: m for m in json.loads(run_slimkit("methods", "--json", env=env).stdout)}
+    assert methods["prune"]["plugin"] == "prune" and "half-done" not in methods
+
+    out = tmp_path / "out"
+    proc = run_slimkit("compress", "--data", "synthetic", "--method", "prune", "--set", "sparsity=0.5",
+                       "--epochs", "1", "--baseline-epochs", "1", "--out", out, "--quiet", "--no-latency", env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"][0]["options"]["sparsity"] == 0.5  # the built-in prune ran
+    for args in (("info", out / "model.slim"), ("evaluate", out / "model.slim"), ("--help",)):
+        proc = run_slimkit(*args, env=env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+@pytest.mark.slow
+def test_disabled_plugins_are_not_imported_and_are_shown(plugin_site):
+    env = {**pythonpath_with(plugin_site), "SLIMKIT_DISABLE_PLUGINS": "broken-import, evil-prune,half-done"}
+    proc = run_slimkit("plugins", "--json", env=env)
+    assert proc.returncode == 0 and "failed" not in proc.stderr and "ignored" not in proc.stderr, proc.stderr
+    rows = {r["plugin"]: r for r in json.loads(proc.stdout)}
+    for name in ("broken-import", "evil-prune", "half-done"):
+        assert rows[name]["status"] == "disabled" and rows[name]["error"] is None and not rows[name]["conflicts"]
+    assert rows["random-prune"]["status"] == "loaded"
+    doctor = run_slimkit("doctor", env=env)
+    assert "disabled   evil-prune (slimkit-evil-prune)" in doctor.stdout
+
+
 def test_broken_plugin_warns_once_and_others_work(tmp_path):
     site = tmp_path / "site"
     (site / "broken_plugin").mkdir(parents=True)
-    (site / "broken_plugin" / "__init__.py").write_text("raise ImportError('needs libfoo')\n")
+    (site / "broken_plugin" / "__init__.py").write_text(BROKEN_AT_IMPORT)
     info = site / "broken_plugin-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
@@ -68,6 +169,48 @@ def test_broken_plugin_warns_once_and_others_work(tmp_path):
     warnings = [l for l in proc.stderr.splitlines() if "broken" in l and "failed to load" in l]
     assert len(warnings) == 1, proc.stderr
     assert "prune" in proc.stdout
+
+
+class ClashingModel:
+    """Registers a model under a zoo name, a nameless data set, and a method of its own."""
+
+    @hookimpl
+    def register_models(self, register):
+        register("lenet300", lambda shape, classes: nn.Linear(1, 1), "not the zoo's")
+
+    @hookimpl
+    def register_datasets(self, register):
+        register("", lambda argument, seed: None)
+
+    @hookimpl
+    def register_methods(self, register):
+        class Mine(Method):
+            name = "mine"
+
+        register(Mine())
+
+
+class RaisesInRegistration:
+    @hookimpl
+    def register_models(self, register):
+        register("half", lambda shape, classes: nn.Linear(1, 1))
+        raise KeyError("boom")
+
+
+def test_registration_clash_and_failure_are_recorded_not_raised():
+    from slimkit.models.lenet import LeNet300
+
+    with pytest.warns(UserWarning):
+        registry = load_registry(extra_plugins=[ClashingModel(), RaisesInRegistration()])
+    assert isinstance(registry.build_model("lenet300", (1, 28, 28), 10), LeNet300)  # the zoo's, registered first
+    assert "mine" in registry.methods and "" not in registry.datasets and "half" not in registry.models
+    clash = registry.plugin_info("ClashingModel")
+    assert len(clash.conflicts) == 2 and "model 'lenet300'" in clash.conflicts[0]
+    assert "'slimkit.models.zoo' (slimkit (built in))" in clash.conflicts[0]
+    failed = registry.plugin_info("RaisesInRegistration")
+    assert failed.status == "failed" and failed.error == "register_models raised KeyError: 'boom'"
+    assert registry.pm.get_plugin("RaisesInRegistration") is None  # and it receives no events
+    assert any("RaisesInRegistration" in line and "boom" in line for line in registry.problems())
 
 
 class Recorder:

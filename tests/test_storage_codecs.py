@@ -2,7 +2,6 @@
 positions with padding), codebook indices, int8, canonical Huffman; exact round
 trips, exact sizes, the storage convention modules use, and refusal of bad data."""
 import math
-import time
 import warnings
 
 import numpy as np
@@ -138,15 +137,16 @@ def test_huffman_decode_refuses_impossible_input(bad):
         storage.huffman_decode(data, lengths, count)
 
 
-def test_huffman_decodes_a_lenet300_sized_stream_fast():
+def test_huffman_round_trips_a_lenet300_sized_stream():
+    """A LeNet-300-100-sized stream (266,200 symbols) decodes exactly, in the bits the code
+    lengths predict. Its decoding speed is a target of benchmarks/speed_targets.py."""
     rng = np.random.default_rng(2)
     p = np.exp(-0.5 * ((np.arange(32) - 15.5) / 5) ** 2)
     symbols = rng.choice(32, size=266_200, p=p / p.sum())
     lengths = storage.huffman_code_lengths(np.bincount(symbols, minlength=32))
     data = storage.huffman_encode(symbols, lengths)
-    t0 = time.perf_counter()
+    assert data.size == -(-int(lengths[symbols].astype(np.int64).sum()) // 8)
     out = storage.huffman_decode(data, lengths, symbols.size)
-    assert time.perf_counter() - t0 < 1.5  # ~0.1-0.2 s on an idle core
     assert np.array_equal(out, symbols)
 
 

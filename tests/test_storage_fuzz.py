@@ -15,7 +15,6 @@ import resource
 import shutil
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +98,6 @@ INCIDENTAL = re.compile(r"inconsistent: (IndexError|KeyError|TypeError|Attribute
 def _check(raw: bytes) -> None:
     path = _DIR / "mutated.slim"
     path.write_bytes(raw)
-    t0 = time.perf_counter()
     try:
         loaded = storage.load_model(path, REGISTRY)
     except UserError as exc:
@@ -112,10 +110,13 @@ def _check(raw: bytes) -> None:
         header = loaded.header["tensors"]
         for key, value in model.state_dict().items():
             assert list(value.shape) == list(header[key]["shape"]), key
+        # a damaged file never makes the loader build more than the file can describe (the
+        # bound that keeps loading fast; benchmarks/speed_targets.py times it)
+        elements = sum(t.numel() for t in model.state_dict().values())
+        assert elements <= max(storage.MAX_MODEL_ELEMENTS, storage.ELEMENTS_PER_FILE_BYTE * len(raw))
         if raw == ORIGINAL:
             for a, b in zip(MODEL.state_dict().values(), model.state_dict().values()):
                 assert torch.equal(a, b)
-    assert time.perf_counter() - t0 < 20, "loading a small damaged file must not take long"
 
 
 @FUZZ

@@ -49,12 +49,13 @@ MAX_MODEL_ELEMENTS = 2**26
 ELEMENTS_PER_FILE_BYTE = 64
 
 
-def tensor_crc32(tensor: torch.Tensor) -> int:
-    """CRC-32 of ``tensor``'s bytes as safetensors stores them (C order, little endian)."""
+def tensor_crc32(tensor: torch.Tensor) -> str:
+    """CRC-32 of ``tensor``'s bytes as safetensors stores them (C order, little endian), as eight
+    hex digits: a fixed width keeps the header's size independent of the weights, so two files
+    of one architecture and codec plan have the same size."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return 0
-    return zlib.crc32(flat.view(torch.uint8).numpy())
+    crc = zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
+    return f"{crc:08x}"
 
 
 def integrity(header: dict) -> str:
@@ -198,9 +199,13 @@ def _checked_entries(header: dict) -> dict[str, dict]:
         if checked:
             sums = entry.get("crc32")
             if not isinstance(sums, dict) or set(sums) != set(parts) or not all(
-                    type(v) is int and 0 <= v < 2**32 for v in sums.values()):
+                    _is_crc_text(v) for v in sums.values()):
                 raise ValueError(f"tensor {key} has no valid {CHECKSUM} checksum for each of its parts")
     return entries
+
+
+def _is_crc_text(value) -> bool:
+    return isinstance(value, str) and len(value) == 8 and all(c in "0123456789abcdef" for c in value)
 
 
 def _model_limit(size_bytes: int) -> int:
