@@ -7,8 +7,9 @@ eager (``eager``) and under ``torch.compile`` (``compile``, the strongest of the
 fused graph reads each logit matrix about once per pass). They compute the same loss as
 :func:`slimkit.ops.kd.kd_loss` (checked before timing). slimkit's own reference formula
 (:func:`slimkit.ops.kd.kd_loss_reference`, which materialises more N x C temporaries) is
-not a baseline: compiled, it is slower than the standard formulation, so a speed-up
-against it would flatter the kernel.
+not a baseline: it is not what users write, and at 8192 x 32000 its compiled form was
+slower than the compiled standard formulation (docs/BENCHMARKS.md), so a speed-up
+against it flatters the kernel.
 
 Targets (2 CPU cores, float32): 4096 x 1000 and 8192 x 32000 at least 5x eager and 2x
 compiled. Minimum memory traffic per forward + backward: the forward reads both logit
