@@ -26,7 +26,8 @@ TORCH_LIBRARY(slimkit, m) {
   m.def("gmm_prior_backward(Tensor grad, Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> (Tensor, Tensor, Tensor, Tensor)");
   // Loss and d loss / d (weights, means, log_vars, mix_logits) in one pass (what training needs).
   m.def("gmm_prior_value_and_grad(Tensor weights, Tensor means, Tensor log_vars, Tensor mix_logits) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Instruction set of the kd_loss / gmm_prior CPU kernels in this process ("avx512", "avx2", "base").
+  // Instruction set of the CPU kernels on this call ("avx512", "avx2", "base"): one choice for
+  // every op (csrc/cpu/isa.h), so this and sparse_conv2d_cpu_isa always agree.
   m.def("kd_gmm_cpu_isa() -> str");
   // Convolution with weight * mask; the weight gradient is masked.
   m.def("masked_conv2d_forward(Tensor input, Tensor weight, Tensor mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
@@ -40,6 +41,6 @@ TORCH_LIBRARY(slimkit, m) {
   // input (N, in_features) -> (N, out_features); weight_shape = (out_features, in_features).
   // Inference only (no autograd).
   m.def("sparse_linear(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[2] weight_shape, Tensor? bias) -> Tensor");
-  // Instruction set of the float32 sparse_conv2d / sparse_linear CPU kernels in this process ("avx512", "avx2", "base").
+  // The same as kd_gmm_cpu_isa (kept for the sparse ops' callers); float32 only, other dtypes run "base".
   m.def("sparse_conv2d_cpu_isa() -> str");
 }

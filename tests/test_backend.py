@@ -176,13 +176,13 @@ def test_every_compiled_isa_matches_reference(isa, name):
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 def test_isa_objects_share_no_linker_names(isa, tmp_path):
     """Every symbol an ISA-specific file defines is in its own namespace, so the linker can never hand
-    AVX-512 code (say, an inline c10 helper) to a caller on a CPU without it (see kd_gmm_isa_begin.h)."""
+    AVX-512 code (say, an inline c10 helper) to a caller on a CPU without it (see isa_unit.h)."""
     cxx = shutil.which(os.environ.get("CXX", "c++"))
     assert cxx and shutil.which("nm"), "needs a C++ compiler and nm (binutils)"
     from torch.utils.cpp_extension import include_paths
 
     obj = tmp_path / f"{isa}.o"
-    cmd = [cxx, "-c", str(REPO / "csrc" / "cpu" / f"kd_gmm_{isa}.cpp"), "-o", str(obj), "-O1", "-std=c++17",
+    cmd = [cxx, "-c", str(REPO / "csrc" / "cpu" / f"isa_{isa}.cpp"), "-o", str(obj), "-O1", "-std=c++17",
            "-fPIC", "-w", f"-I{REPO / 'csrc'}", *[f"-I{p}" for p in include_paths()]]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     symbols = subprocess.run(["nm", "-C", "--defined-only", str(obj)], check=True, capture_output=True,
@@ -190,7 +190,8 @@ def test_isa_objects_share_no_linker_names(isa, tmp_path):
     # "addr TYPE name": T/W/V/u are the global definitions the linker may merge across objects
     exported = [parts[2] for parts in (line.split(" ", 2) for line in symbols)
                 if len(parts) == 3 and parts[1] in {"T", "W", "V", "u"}]
-    assert any(f"slimkit::cpu::{isa}::kd_forward" in s for s in exported), exported[:20]
+    for kernel in ("kd_forward", "gmm_backward", "sparse_tiles", "sparse_gather_rows"):  # every op's kernels
+        assert any(f"slimkit::cpu::{isa}::{kernel}" in s for s in exported), (kernel, exported[:20])
     own = (f"slimkit::cpu::{isa}::", f"at::vec::{isa.upper()}::")
     foreign = [s for s in exported if not any(o in s for o in own)]
     assert foreign == [], foreign

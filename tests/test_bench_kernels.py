@@ -86,3 +86,21 @@ def test_quick_linear_and_end_to_end_rows():
     assert e2e[0]["speedup"] == 1.0 and e2e[1]["median_ms"] > 0
     assert e2e[1]["note"].startswith("3 of 3 layers past their sparsity crossover")
     assert "classifier.fc2, classifier.fc3 dense below their batch floor" in e2e[1]["note"]
+
+
+@pytest.mark.parametrize("T, alpha", [(4.0, 0.9), (1.0, 0.0), (2.5, 1.0)])
+def test_kd_baseline_is_the_loss_kd_loss_computes(T, alpha):
+    """The kd benchmark's baseline (F.kl_div with log_target=True + cross-entropy, what a user
+    writes) has kd_loss's value and student gradient, so timing it against kd_loss is fair."""
+    from slimkit.bench.kd import kd_loss_standard
+    from slimkit.ops.kd import kd_loss_reference
+
+    gen = torch.Generator().manual_seed(7)
+    s = (3 * torch.randn(16, 50, generator=gen, dtype=torch.float64)).requires_grad_()
+    t = 3 * torch.randn(16, 50, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 50, (16,), generator=gen)
+    y[::3] = -100  # ignored labels: both average the cross-entropy over the counted ones
+    (g_std,) = torch.autograd.grad(loss_std := kd_loss_standard(s, t, y, T, alpha), s)
+    (g_ref,) = torch.autograd.grad(loss_ref := kd_loss_reference(s, t, y, T, alpha), s)
+    torch.testing.assert_close(loss_std, loss_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_std, g_ref, rtol=1e-10, atol=1e-12)

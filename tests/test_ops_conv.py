@@ -354,6 +354,7 @@ def test_sparse_conv2d_bad_input_is_an_error():
         (dict(v=torch.stack([v, v], 1)[:, 0]), "contiguous"),
         (dict(bias=torch.randn(2)), "bias must have shape"),
         (dict(stride=(0, 1)), "stride must be >= 1"),
+        (dict(padding=(-1, 1)), "padding must be >= 0"),
         (dict(dilation=(1, 0)), "dilation must be >= 1"),
         (dict(padding=(0, 0), x=x[:, :, :2]), "smaller than the dilated kernel"),
         (dict(shape=[3, 4, 3]), "weight_shape"),
@@ -361,6 +362,45 @@ def test_sparse_conv2d_bad_input_is_an_error():
     for kwargs, match in cases:
         with pytest.raises(RuntimeError, match=match):
             call(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(stride=0), ValueError, r"stride must be >= 1, got \(0, 0\)"),
+    (dict(stride=(1, 0)), ValueError, "stride must be >= 1"),
+    (dict(dilation=0), ValueError, "dilation must be >= 1"),
+    (dict(padding=-1), ValueError, "padding must be >= 0"),
+    (dict(padding=(0, -2)), ValueError, "padding must be >= 0"),
+    (dict(padding="same", stride=2), ValueError, "not supported for strided convolutions"),
+    (dict(padding="full"), ValueError, "padding must be 'valid', 'same'"),
+    (dict(stride=1.5), TypeError, "stride must be an int or a pair"),
+    (dict(stride=(1, 1, 1)), ValueError, "stride must be an int or a pair"),
+])
+@pytest.mark.parametrize("kernels", ["native", "reference"])
+def test_conv_arguments_are_python_errors(kwargs, exc, match, kernels, monkeypatch):
+    """Bad stride / padding / dilation: a clear ValueError or TypeError from Python before any
+    shape formula divides by them (stride=0 was a bare ZeroDivisionError), on either backend."""
+    if kernels == "reference":
+        monkeypatch.setenv("SLIMKIT_KERNELS", "reference")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 12, 12, generator=gen)
+    w = _pruned(torch.randn(5, 4, 3, 3, generator=gen), 0.9, gen)
+    args = dict(stride=1, padding=1, dilation=1) | kwargs
+    with pytest.raises(exc, match=match):
+        sparse_conv2d(x, SparseConvWeight.from_dense(w), None, **args)
+    with pytest.raises(exc, match=match):
+        masked_conv2d(x, w, (w != 0).float(), None, **args)
+    if "padding" not in kwargs or not isinstance(kwargs["padding"], str):
+        with pytest.raises(exc, match=match):
+            SparseConv2d(4, 5, 3, **args)
+
+
+def test_csr_weight_of_an_empty_shape_is_an_error():
+    with pytest.raises(ValueError, match="of positive sizes"):
+        SparseConvWeight.from_dense(torch.zeros(0, 4, 3, 3))
+    from slimkit.ops.linear import SparseLinearWeight
+
+    with pytest.raises(ValueError, match="of positive sizes"):  # was a ZeroDivisionError in its reason
+        SparseLinearWeight.from_dense(torch.zeros(3, 0))
 
 
 def test_sparse_weight_validation_errors():

@@ -270,6 +270,26 @@ def test_native_op_checks_raise_runtime_error():
         ops.kd_loss_backward(torch.tensor(1.0), s, t, y, stats[:2], 4.0, 0.9, -100)
 
 
+def test_slimkit_cpu_capability_lowers_every_kernel_alike(monkeypatch):
+    """One ISA choice for every CPU kernel: SLIMKIT_CPU_CAPABILITY moves kd_loss, gmm_prior and the
+    sparse ops together (read per call), and every build computes the same loss and gradient."""
+    from slimkit.ops import gmm_prior
+
+    monkeypatch.delenv("SLIMKIT_CPU_CAPABILITY", raising=False)
+    best = ops.kd_gmm_cpu_isa()
+    assert best == ops.sparse_conv2d_cpu_isa() and best in ("avx512", "avx2", "base")
+    s, t, y = logits(33, 1003, seed=5)
+    gargs = [torch.randn(5000, dtype=torch.float64), torch.randn(7, dtype=torch.float64),
+             torch.randn(7, dtype=torch.float64) - 2, torch.randn(7, dtype=torch.float64)]
+    loss_ref, grad_ref = ref64(s, t, y)
+    gmm_ref = gmm_prior(*gargs).item()
+    for env, want in (("default", "base"), ("avx2", "base" if best == "base" else "avx2"), ("avx512", best)):
+        monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", env)
+        assert ops.kd_gmm_cpu_isa() == want and ops.sparse_conv2d_cpu_isa() == want
+        assert_close(*native_loss_grad(s, t, y), loss_ref, grad_ref, 2e-5, 2e-5)
+        assert gmm_prior(*gargs).item() == pytest.approx(gmm_ref, rel=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------------- CUDA
 
 @pytest.mark.cuda

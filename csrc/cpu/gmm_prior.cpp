@@ -17,10 +17,11 @@
 // gmm_prior_value_and_grad, which autograd uses in training: the loss and its
 // gradients from a single pass, the backward then only scales them by the
 // incoming gradient.
+//
+// The kernels are those of the ISA that cpu_kernels() picks (isa.h); the argument
+// checks are shared with the CUDA glue (kd_gmm_checks.h).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -29,63 +30,15 @@
 #include <tuple>
 #include <vector>
 
-#include "kd_gmm_kernels.h"
+#include "isa.h"
+#include "kd_gmm_checks.h"
 #include "kd_gmm_parallel.h"
-
-#define SLIMKIT_ISA_NS base
-#include "gmm_prior_kernel.h"
-#undef SLIMKIT_ISA_NS
 
 namespace slimkit {
 namespace cpu {
 namespace {
 
 constexpr int64_t kChunk = 16384;
-
-void run_forward(const GmmArgs& a, int64_t w0, int64_t w1, double* loss) {
-  switch (kd_gmm_isa()) {
-    case 2:
-      return avx512::gmm_forward(a, w0, w1, loss);
-    case 1:
-      return avx2::gmm_forward(a, w0, w1, loss);
-    default:
-      return base::gmm_forward(a, w0, w1, loss);
-  }
-}
-
-void run_backward(const GmmArgs& a, int64_t w0, int64_t w1, double* partial, double* loss) {
-  switch (kd_gmm_isa()) {
-    case 2:
-      return avx512::gmm_backward(a, w0, w1, partial, loss);
-    case 1:
-      return avx2::gmm_backward(a, w0, w1, partial, loss);
-    default:
-      return base::gmm_backward(a, w0, w1, partial, loss);
-  }
-}
-
-void check_inputs(const at::Tensor& weights, const at::Tensor& means, const at::Tensor& log_vars,
-                  const at::Tensor& mix_logits) {
-  TORCH_CHECK(weights.device().is_cpu(), "gmm_prior (CPU kernel): weights must be a CPU tensor, got ",
-              weights.device());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "gmm_prior: weights must be float32 or float64, got ", weights.scalar_type());
-  TORCH_CHECK(weights.is_contiguous(), "gmm_prior: weights must be contiguous (call .contiguous())");
-  const at::Tensor* params[3] = {&means, &log_vars, &mix_logits};
-  const char* names[3] = {"means", "log_vars", "mix_logits"};
-  for (int i = 0; i < 3; ++i) {
-    const at::Tensor& p = *params[i];
-    TORCH_CHECK(p.device() == weights.device(), "gmm_prior: ", names[i], " must be on ", weights.device(),
-                " like the weights, got ", p.device());
-    TORCH_CHECK(p.scalar_type() == weights.scalar_type(), "gmm_prior: ", names[i], " must have the weights' dtype ",
-                weights.scalar_type(), ", got ", p.scalar_type());
-    TORCH_CHECK(p.dim() == 1, "gmm_prior: ", names[i], " must be 1-D [K], got shape ", p.sizes());
-    TORCH_CHECK(p.size(0) == means.size(0), "gmm_prior: ", names[i], " has ", p.size(0),
-                " components but means has ", means.size(0));
-  }
-  TORCH_CHECK(means.size(0) >= 1 && means.size(0) <= kGmmMaxK, "gmm_prior: the number of components K must be in [1, ",
-              kGmmMaxK, "], got ", means.size(0));
-}
 
 // [mu | log pi - (log 2pi + log_var) / 2 | exp(-log_var) / 2] in the weights' dtype,
 // computed in double; also returns pi (double).
@@ -129,15 +82,16 @@ GmmArgs make_args(const at::Tensor& weights, const at::Tensor& params, int64_t K
 
 at::Tensor gmm_prior_forward_cpu(const at::Tensor& weights, const at::Tensor& means, const at::Tensor& log_vars,
                                  const at::Tensor& mix_logits) {
-  check_inputs(weights, means, log_vars, mix_logits);
+  kd_gmm::check_gmm(weights, means, log_vars, mix_logits, at::kCPU);
   const int64_t K = means.size(0);
   const at::Tensor params = make_params(means, log_vars, mix_logits, weights.scalar_type(), nullptr);
   const GmmArgs a = make_args(weights, params, K);
   const int64_t n_chunks = (a.N + kChunk - 1) / kChunk;
   std::vector<double> partial(n_chunks, 0.0);
+  const auto forward = cpu_kernels().gmm_forward;
   parallel_blocks(n_chunks, [&](int64_t c) {
     const int64_t w1 = (c + 1) * kChunk < a.N ? (c + 1) * kChunk : a.N;
-    run_forward(a, c * kChunk, w1, &partial[c]);
+    forward(a, c * kChunk, w1, &partial[c]);
   });
   double loss = 0;
   for (double v : partial) loss += v;
@@ -166,9 +120,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gradients
   const int64_t n_chunks = (a.N + kChunk - 1) / kChunk;
   std::vector<double> partial(n_chunks * 3 * K, 0.0);
   std::vector<double> loss_partial(want_loss ? n_chunks : 0, 0.0);
+  const auto backward = cpu_kernels().gmm_backward;
   parallel_blocks(n_chunks, [&](int64_t c) {
     const int64_t w1 = (c + 1) * kChunk < a.N ? (c + 1) * kChunk : a.N;
-    run_backward(a, c * kChunk, w1, &partial[c * 3 * K], want_loss ? &loss_partial[c] : nullptr);
+    backward(a, c * kChunk, w1, &partial[c * 3 * K], want_loss ? &loss_partial[c] : nullptr);
   });
   std::vector<double> sums(3 * K, 0.0);
   for (int64_t c = 0; c < n_chunks; ++c) {
@@ -207,9 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_prior_backward_cp
                                                                                   const at::Tensor& means,
                                                                                   const at::Tensor& log_vars,
                                                                                   const at::Tensor& mix_logits) {
-  check_inputs(weights, means, log_vars, mix_logits);
-  TORCH_CHECK(grad.numel() == 1 && grad.device().is_cpu(),
-              "gmm_prior_backward: grad must be a one-element CPU tensor, got ", grad.sizes());
+  kd_gmm::check_gmm(weights, means, log_vars, mix_logits, at::kCPU);
+  kd_gmm::check_gmm_grad(grad, weights);
   auto [loss, gw, gm, glv, gmix] = gradients(grad.item<double>(), weights, means, log_vars, mix_logits, false);
   return {gw, gm, glv, gmix};
 }
@@ -218,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_prior_backward_cp
 // weight instead of 2K for forward + backward).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_prior_value_and_grad_cpu(
     const at::Tensor& weights, const at::Tensor& means, const at::Tensor& log_vars, const at::Tensor& mix_logits) {
-  check_inputs(weights, means, log_vars, mix_logits);
+  kd_gmm::check_gmm(weights, means, log_vars, mix_logits, at::kCPU);
   return gradients(1.0, weights, means, log_vars, mix_logits, true);
 }
 

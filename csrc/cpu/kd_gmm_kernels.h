@@ -1,17 +1,10 @@
-// Plain-C++ interface between the ATen glue of kd_loss / gmm_prior (kd_loss.cpp,
-// gmm_prior.cpp) and their vectorised inner loops, which are compiled once per
-// instruction set:
-//
-//   base    the baseline ISA of the build (kd_loss.cpp, gmm_prior.cpp)
-//   avx2    AVX2 + FMA                   (kd_gmm_avx2.cpp)
-//   avx512  AVX-512 F/BW/VL/DQ + FMA     (kd_gmm_avx512.cpp)
-//
-// The glue picks one at run time from ATen's CPU capability (the same choice
-// ATen makes for its own kernels, so ATEN_CPU_CAPABILITY=default|avx2|avx512
-// forces it). This header must stay free of ATen includes and inline function
-// bodies: it is included inside the ISA-specific files, and an inline function
-// compiled there could be picked by the linker for every caller (see
-// kd_gmm_avx2.cpp).
+// Plain-C++ argument structs between the glue of kd_loss / gmm_prior (kd_loss.cpp,
+// gmm_prior.cpp, and the CUDA glue for Dtype) and their vectorised inner loops, which
+// are compiled once per instruction set (isa.h says which and how one is chosen).
+// This header must stay free of ATen includes and inline function bodies: it is
+// included inside the ISA-specific files, and an inline function compiled there could
+// be picked by the linker for every caller (see isa_unit.h); and it is included by
+// the CUDA kernels (kd_gmm_cuda.h), which see no torch header.
 #pragma once
 
 #include <cstdint>
@@ -70,24 +63,6 @@ struct GmmArgs {
   void* grad_w;           // backward only
   double g;               // backward only: the incoming gradient of the loss
 };
-
-#define SLIMKIT_DECLARE_KD_GMM_ISA(ns)                                           \
-  namespace ns {                                                                 \
-  bool compiled();                                                               \
-  void kd_forward(const KdArgs& a, int64_t r0, int64_t r1);                      \
-  void kd_backward(const KdArgs& a, int64_t r0, int64_t r1);                     \
-  void gmm_forward(const GmmArgs& a, int64_t w0, int64_t w1, double* loss);      \
-  void gmm_backward(const GmmArgs& a, int64_t w0, int64_t w1, double* partial, double* loss); \
-  }
-
-SLIMKIT_DECLARE_KD_GMM_ISA(base)
-SLIMKIT_DECLARE_KD_GMM_ISA(avx2)
-SLIMKIT_DECLARE_KD_GMM_ISA(avx512)
-
-// Which compiled instruction set the kernels use in this process: 0 base,
-// 1 avx2, 2 avx512 (kd_loss.cpp).
-int kd_gmm_isa();
-const char* kd_gmm_isa_name();
 
 }  // namespace cpu
 }  // namespace slimkit

@@ -11,129 +11,32 @@
 // dynamically (kd_gmm_parallel.h); per-row losses are summed in a fixed order in
 // double, so the result does not depend on the number of threads.
 //
-// This file also owns the run-time choice of instruction set for kd_loss and
-// gmm_prior (kd_gmm_isa) and holds their baseline-ISA build.
+// The kernels are those of the ISA that cpu_kernels() picks (isa.h); the argument
+// checks are shared with the CUDA glue (kd_gmm_checks.h).
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <cstdint>
-#include <string>
 #include <tuple>
 
-#include "kd_gmm_kernels.h"
+#include "isa.h"
+#include "kd_gmm_checks.h"
 #include "kd_gmm_parallel.h"
-
-#define SLIMKIT_ISA_NS base
-#include "kd_loss_kernel.h"
-#undef SLIMKIT_ISA_NS
 
 namespace slimkit {
 namespace cpu {
-
-bool base::compiled() { return true; }
-
 namespace {
-int select_isa() {
-  // ATen's own choice: the best the CPU supports, or ATEN_CPU_CAPABILITY.
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX512" && avx512::compiled()) return 2;
-  if ((cap == "AVX512" || cap == "AVX2") && avx2::compiled()) return 1;
-  return 0;
-}
-}  // namespace
-
-int kd_gmm_isa() {
-  static const int isa = select_isa();
-  return isa;
-}
-
-const char* kd_gmm_isa_name() {
-  switch (kd_gmm_isa()) {
-    case 2:
-      return "avx512";
-    case 1:
-      return "avx2";
-    default:
-      return "base";
-  }
-}
-
-namespace {
-
-void run_forward(const KdArgs& a, int64_t r0, int64_t r1) {
-  switch (kd_gmm_isa()) {
-    case 2:
-      return avx512::kd_forward(a, r0, r1);
-    case 1:
-      return avx2::kd_forward(a, r0, r1);
-    default:
-      return base::kd_forward(a, r0, r1);
-  }
-}
-
-void run_backward(const KdArgs& a, int64_t r0, int64_t r1) {
-  switch (kd_gmm_isa()) {
-    case 2:
-      return avx512::kd_backward(a, r0, r1);
-    case 1:
-      return avx2::kd_backward(a, r0, r1);
-    default:
-      return base::kd_backward(a, r0, r1);
-  }
-}
-
-Dtype to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return Dtype::f32;
-    case at::kDouble:
-      return Dtype::f64;
-    case at::kHalf:
-      return Dtype::f16;
-    case at::kBFloat16:
-      return Dtype::bf16;
-    default:
-      TORCH_CHECK(false, "kd_loss: logits must be float32, float64, float16 or bfloat16, got ", t);
-  }
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Shared checks of forward and backward; returns the number of labels that count
 // (labels != ignore_index), validating each label.
 int64_t check_inputs(const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
                      double temperature, double alpha, int64_t ignore_index) {
-  TORCH_CHECK(student.device().is_cpu() && teacher.device().is_cpu(),
-              "kd_loss (CPU kernel): student and teacher logits must be CPU tensors, got ", student.device(), " and ",
-              teacher.device());
-  TORCH_CHECK(student.dim() == 2, "kd_loss: student logits must be 2-D [N, C], got ", student.dim(), "-D ",
-              student.sizes());
-  TORCH_CHECK(teacher.sizes() == student.sizes(), "kd_loss: teacher logits ", teacher.sizes(),
-              " must have the student's shape ", student.sizes());
-  TORCH_CHECK(student.size(0) >= 1 && student.size(1) >= 1, "kd_loss: logits must be non-empty, got ",
-              student.sizes());
-  TORCH_CHECK(teacher.scalar_type() == student.scalar_type(), "kd_loss: teacher dtype ", teacher.scalar_type(),
-              " must equal student dtype ", student.scalar_type());
-  to_dtype(student.scalar_type());
-  TORCH_CHECK(student.is_contiguous() && teacher.is_contiguous(),
-              "kd_loss: logits must be contiguous (call .contiguous())");
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "kd_loss: temperature must be finite and > 0, got ",
-              temperature);
-  TORCH_CHECK(alpha >= 0 && alpha <= 1, "kd_loss: alpha must be in [0, 1], got ", alpha);
+  kd_gmm::check_kd(student, teacher, labels, temperature, alpha, at::kCPU);
   if (!labels.has_value()) return 0;
   const at::Tensor& y = *labels;
-  TORCH_CHECK(y.device().is_cpu(), "kd_loss (CPU kernel): labels must be a CPU tensor, got ", y.device());
-  TORCH_CHECK(y.scalar_type() == at::kLong, "kd_loss: labels must be int64, got ", y.scalar_type());
-  TORCH_CHECK(y.dim() == 1 && y.size(0) == student.size(0), "kd_loss: labels must have shape [", student.size(0),
-              "], got ", y.sizes());
-  TORCH_CHECK(y.is_contiguous(), "kd_loss: labels must be contiguous");
   const int64_t* yp = y.const_data_ptr<int64_t>();
   const int64_t N = student.size(0), C = student.size(1);
   int64_t valid = 0;
@@ -150,7 +53,7 @@ int64_t check_inputs(const at::Tensor& student, const at::Tensor& teacher, const
 KdArgs make_args(const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
                  double temperature, double alpha, int64_t ignore_index) {
   KdArgs a{};
-  a.dtype = to_dtype(student.scalar_type());
+  a.dtype = kd_gmm::kd_dtype(student.scalar_type());
   a.student = student.const_data_ptr();
   a.teacher = teacher.const_data_ptr();
   a.labels = labels.has_value() ? labels->const_data_ptr<int64_t>() : nullptr;
@@ -181,12 +84,13 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_forward_cpu(const at::Tensor& student
                                                        double alpha, int64_t ignore_index) {
   const int64_t n_valid = check_inputs(student, teacher, labels, temperature, alpha, ignore_index);
   KdArgs a = make_args(student, teacher, labels, temperature, alpha, ignore_index);
-  const auto acc = acc_dtype(student.scalar_type());
+  const auto acc = kd_gmm::kd_acc_dtype(student.scalar_type());
   at::Tensor stats = at::empty({a.N, 5}, student.options().dtype(acc));
   at::Tensor row_loss = at::empty({a.N, 2}, student.options().dtype(at::kDouble));
   a.stats = stats.mutable_data_ptr();
   a.row_loss = row_loss.mutable_data_ptr<double>();
-  for_row_blocks(a.N, a.C, [&](int64_t r0, int64_t r1) { run_forward(a, r0, r1); });
+  const auto forward = cpu_kernels().kd_forward;
+  for_row_blocks(a.N, a.C, [&](int64_t r0, int64_t r1) { forward(a, r0, r1); });
   double kl = 0, ce = 0;
   for (int64_t i = 0; i < a.N; ++i) {
     kl += a.row_loss[2 * i];
@@ -209,13 +113,7 @@ at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& s
                                 const std::optional<at::Tensor>& labels, const at::Tensor& stats, double temperature,
                                 double alpha, int64_t ignore_index) {
   const int64_t n_valid = check_inputs(student, teacher, labels, temperature, alpha, ignore_index);
-  TORCH_CHECK(grad_loss.numel() == 1 && grad_loss.device().is_cpu(),
-              "kd_loss_backward: grad_loss must be a one-element CPU tensor, got ", grad_loss.sizes());
-  const auto acc = acc_dtype(student.scalar_type());
-  TORCH_CHECK(stats.device().is_cpu() && stats.scalar_type() == acc && stats.dim() == 2 &&
-                  stats.size(0) == student.size(0) && stats.size(1) == 5 && stats.is_contiguous(),
-              "kd_loss_backward: stats must be the contiguous [N, 5] ", acc,
-              " tensor returned by kd_loss_forward, got ", stats.scalar_type(), " ", stats.sizes());
+  kd_gmm::check_kd_backward(grad_loss, stats, student);
   KdArgs a = make_args(student, teacher, labels, temperature, alpha, ignore_index);
   const double g = grad_loss.item<double>();
   const double w_kl = labels.has_value() ? alpha : 1.0;
@@ -225,7 +123,8 @@ at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& s
   a.stats = const_cast<void*>(stats.const_data_ptr());
   at::Tensor grad = at::empty_like(student);
   a.grad = grad.mutable_data_ptr();
-  for_row_blocks(a.N, a.C, [&](int64_t r0, int64_t r1) { run_backward(a, r0, r1); });
+  const auto backward = cpu_kernels().kd_backward;
+  for_row_blocks(a.N, a.C, [&](int64_t r0, int64_t r1) { backward(a, r0, r1); });
   return grad;
 }
 
@@ -236,8 +135,4 @@ at::Tensor kd_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& s
 TORCH_LIBRARY_IMPL(slimkit, CPU, m) {
   m.impl("kd_loss_forward", &slimkit::cpu::kd_loss_forward_cpu);
   m.impl("kd_loss_backward", &slimkit::cpu::kd_loss_backward_cpu);
-}
-
-TORCH_LIBRARY_IMPL(slimkit, CatchAll, m) {
-  m.impl("kd_gmm_cpu_isa", [] { return std::string(slimkit::cpu::kd_gmm_isa_name()); });
 }

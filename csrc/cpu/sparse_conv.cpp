@@ -19,9 +19,8 @@
 // otherwise all images are prepared up front and the work is split over (image,
 // tile, block of output channels).
 //
-// ISA: float32 runs the AVX-512 or AVX2 build of the inner loop
-// (sparse_conv_avx512.cpp / sparse_conv_avx2.cpp) when the CPU has it, everything
-// else the baseline build below.
+// ISA: float32 runs the inner loop's build for the ISA that cpu_kernels() picks
+// (isa.h), everything else the baseline copy (sparse_conv_dispatch.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -43,9 +42,7 @@ namespace slimkit {
 
 namespace {
 
-using sparse_dispatch::Isa;
 using sparse_dispatch::Kernel;
-using sparse_dispatch::select_isa;
 
 // Bytes of input window (one output tile x one block of input channels) that the
 // blocking aims to keep in L1 while every output channel passes over it.
@@ -101,7 +98,7 @@ struct Buffer {
 template <typename scalar_t>
 void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const int64_t* cols, const at::Tensor& values,
                       const scalar_t* bias, const Geometry& g, at::Tensor& out) {
-  const Kernel<scalar_t> kernel{std::is_same_v<scalar_t, float> ? select_isa() : Isa::base};
+  const Kernel<scalar_t> kernel{};
   const int64_t TL = kernel.tile_len();
   const int64_t ntiles = slimkit_sparse_num_tiles(g.OH * g.Wq, TL / kTile);
 
@@ -260,8 +257,4 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr,
 
 TORCH_LIBRARY_IMPL(slimkit, CPU, m) {
   m.impl("sparse_conv2d", &slimkit::sparse_conv2d_cpu);
-}
-
-TORCH_LIBRARY_IMPL(slimkit, CatchAll, m) {
-  m.impl("sparse_conv2d_cpu_isa", [] { return std::string(slimkit::sparse_dispatch::isa_name(slimkit::sparse_dispatch::select_isa())); });
 }

@@ -1,9 +1,11 @@
 // Inner loops of the direct sparse convolution (Park et al., "Faster CNNs with
 // Direct Sparse Convolutions and Guided Pruning", ICLR 2017), shared by
-// sparse_conv.cpp (baseline ISA, every dtype) and sparse_conv_avx2.cpp (the same
-// code compiled for AVX2+FMA, float32). Each includer has already included
-// <ATen/cpu/vec/vec.h> for its own CPU_CAPABILITY, so `Vectorized` below is that
-// ISA's vector; everything here has internal linkage so the two copies never meet.
+// sparse_conv.cpp / sparse_linear.cpp (baseline ISA, every dtype) and the ISA builds
+// (isa_unit.h: the same code compiled for base, AVX2 and AVX-512, float32). Each
+// includer has already included <ATen/cpu/vec/vec.h> for its own CPU_CAPABILITY, so
+// `Vectorized` below is that ISA's vector; the templates have internal linkage so the
+// copies never meet, and an ISA build exports only the wrappers at the end of the file,
+// in its own namespace.
 //
 // Layout (see sparse_conv.cpp): the input image is zero-padded and split by stride
 // phase into planes of Hq x Wq, and the output plane of every output channel is
@@ -189,3 +191,27 @@ inline bool slimkit_sparse_gather_rows(const scalar_t* x, const int64_t* rp, con
 }
 
 }  // namespace
+
+// In an ISA build (isa_unit.h, SLIMKIT_ISA_NS set), the float32 loops that isa.h declares.
+#if defined(SLIMKIT_ISA_NS)
+namespace slimkit {
+namespace cpu {
+namespace SLIMKIT_ISA_NS {
+
+int64_t sparse_tile_len() { return slimkit_sparse_tile_len<float>(); }
+
+void sparse_tiles(const float* in, const int64_t* seg, int64_t ncb, const int64_t* off, const float* val,
+                  const float* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1, int64_t OH, int64_t OW,
+                  int64_t Wq, float* y, float* stage) {
+  slimkit_sparse_tiles<float>(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
+}
+
+bool sparse_gather_rows(const float* x, const int64_t* rp, const int32_t* ci, const float* val, const float* bias,
+                        float* y, int64_t N, int64_t K, int64_t OUT, int64_t o0, int64_t o1) {
+  return slimkit_sparse_gather_rows<float>(x, rp, ci, val, bias, y, N, K, OUT, o0, o1);
+}
+
+}  // namespace SLIMKIT_ISA_NS
+}  // namespace cpu
+}  // namespace slimkit
+#endif

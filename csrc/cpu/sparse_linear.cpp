@@ -34,9 +34,7 @@
 namespace slimkit {
 namespace {
 
-using sparse_dispatch::Isa;
 using sparse_dispatch::Kernel;
-using sparse_dispatch::select_isa;
 
 // Nonzeros x samples per thread below which a parallel region costs more than it saves.
 constexpr int64_t kMinWorkPerThread = int64_t(1) << 14;
@@ -102,7 +100,7 @@ template <typename scalar_t, typename index_t>
 bool sparse_linear_impl(const scalar_t* x, const int64_t* rp, const index_t* ci, const scalar_t* val,
                         const scalar_t* bias, scalar_t* y, int64_t N, int64_t K, int64_t OUT) {
   const int64_t nnz = rp[OUT];
-  const Kernel<scalar_t> kernel{std::is_same_v<scalar_t, float> ? select_isa() : Isa::base};
+  const Kernel<scalar_t> kernel{};
   const int64_t TL = kernel.tile_len();
   const int64_t threads = at::get_num_threads();
 

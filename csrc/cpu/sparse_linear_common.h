@@ -1,6 +1,6 @@
 // Argument checks of sparse_linear, shared by the CPU kernel (csrc/cpu/sparse_linear.cpp)
-// and the CUDA glue (csrc/cuda/sparse_linear_glue.cpp); the CSR index checks are those
-// of sparse_conv2d (sparse_conv_common.h). Bad input must be a Python error, never an
+// and the CUDA glue (csrc/cuda/sparse_glue.cpp); the CSR tensor checks are those of
+// sparse_conv2d (sparse_conv_common.h, which says where the index values are checked). Bad input must be a Python error, never an
 // out-of-bounds access.
 #pragma once
 

@@ -1,6 +1,7 @@
-// ATen glue of the kd_loss / gmm_prior CUDA kernels: argument checks, outputs,
-// the current stream, and the final reductions (torch ops on the device, so that
-// no scalar is copied to the host except for the label range check). Built only
+// ATen glue of the kd_loss / gmm_prior CUDA kernels: argument checks (shared with the
+// CPU glue, cpu/kd_gmm_checks.h), outputs, the current stream, and the final
+// reductions (torch ops on the device, so that no scalar is copied to the host except
+// for the label range check). Built only
 // when torch has CUDA (setup.py, slimkit/ops/backend.py); the kernels themselves
 // are in kd_loss.cu / gmm_prior.cu (see kd_gmm_cuda.h).
 #include <ATen/ATen.h>
@@ -12,7 +13,8 @@
 #include <optional>
 #include <tuple>
 
-#include "kd_gmm_cuda.h"
+#include "cpu/kd_gmm_checks.h"
+#include "cuda/kd_gmm_cuda.h"
 
 namespace slimkit {
 namespace cuda {
@@ -22,50 +24,12 @@ void check_cuda(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, ": CUDA error: ", cudaGetErrorString(err));
 }
 
-Dtype to_dtype(at::ScalarType t, const char* op) {
-  switch (t) {
-    case at::kFloat:
-      return Dtype::f32;
-    case at::kDouble:
-      return Dtype::f64;
-    case at::kHalf:
-      return Dtype::f16;
-    case at::kBFloat16:
-      return Dtype::bf16;
-    default:
-      TORCH_CHECK(false, op, ": unsupported dtype ", t);
-  }
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 // Returns the number of counted labels as a device tensor (0-dim int64), or an undefined tensor.
 at::Tensor check_kd(const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
                     double temperature, double alpha, int64_t ignore_index) {
-  TORCH_CHECK(student.is_cuda() && teacher.device() == student.device(),
-              "kd_loss (CUDA kernel): student and teacher logits must be on one CUDA device, got ", student.device(),
-              " and ", teacher.device());
-  TORCH_CHECK(student.dim() == 2, "kd_loss: student logits must be 2-D [N, C], got ", student.dim(), "-D ",
-              student.sizes());
-  TORCH_CHECK(teacher.sizes() == student.sizes(), "kd_loss: teacher logits ", teacher.sizes(),
-              " must have the student's shape ", student.sizes());
-  TORCH_CHECK(student.size(0) >= 1 && student.size(1) >= 1, "kd_loss: logits must be non-empty, got ",
-              student.sizes());
-  TORCH_CHECK(teacher.scalar_type() == student.scalar_type(), "kd_loss: teacher dtype ", teacher.scalar_type(),
-              " must equal student dtype ", student.scalar_type());
-  to_dtype(student.scalar_type(), "kd_loss");
-  TORCH_CHECK(student.is_contiguous() && teacher.is_contiguous(),
-              "kd_loss: logits must be contiguous (call .contiguous())");
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "kd_loss: temperature must be finite and > 0, got ",
-              temperature);
-  TORCH_CHECK(alpha >= 0 && alpha <= 1, "kd_loss: alpha must be in [0, 1], got ", alpha);
+  kd_gmm::check_kd(student, teacher, labels, temperature, alpha, at::kCUDA);
   if (!labels.has_value()) return at::Tensor();
   const at::Tensor& y = *labels;
-  TORCH_CHECK(y.device() == student.device(), "kd_loss: labels must be on ", student.device(), ", got ", y.device());
-  TORCH_CHECK(y.scalar_type() == at::kLong, "kd_loss: labels must be int64, got ", y.scalar_type());
-  TORCH_CHECK(y.dim() == 1 && y.size(0) == student.size(0), "kd_loss: labels must have shape [", student.size(0),
-              "], got ", y.sizes());
-  TORCH_CHECK(y.is_contiguous(), "kd_loss: labels must be contiguous");
   const at::Tensor counted = y.ne(ignore_index);
   const bool bad = (counted & (y.lt(0) | y.ge(student.size(1)))).any().item<bool>();
   TORCH_CHECK(!bad, "kd_loss: a label is outside [0, ", student.size(1), ") and is not ignore_index (", ignore_index,
@@ -80,10 +44,10 @@ std::tuple<at::Tensor, at::Tensor> kd_loss_forward_cuda(const at::Tensor& studen
   const at::Tensor n_valid = check_kd(student, teacher, labels, temperature, alpha, ignore_index);
   const int64_t N = student.size(0), C = student.size(1);
   const bool kl = !labels.has_value() || alpha > 0, ce = labels.has_value() && alpha < 1;
-  const auto acc = acc_dtype(student.scalar_type());
+  const auto acc = kd_gmm::kd_acc_dtype(student.scalar_type());
   at::Tensor stats = at::empty({N, 5}, student.options().dtype(acc));
   at::Tensor row_loss = at::empty({N, 2}, student.options().dtype(acc));
-  check_cuda(kd_forward(to_dtype(student.scalar_type(), "kd_loss"), student.const_data_ptr(),
+  check_cuda(kd_forward(kd_gmm::kd_dtype(student.scalar_type()), student.const_data_ptr(),
                         teacher.const_data_ptr(), labels.has_value() ? labels->const_data_ptr<int64_t>() : nullptr, N,
                         C, 1.0 / temperature, kl, ce, ignore_index, stats.mutable_data_ptr(),
                         row_loss.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
@@ -101,13 +65,8 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(student.device());
   const at::Tensor n_valid = check_kd(student, teacher, labels, temperature, alpha, ignore_index);
   const int64_t N = student.size(0), C = student.size(1);
-  const auto acc = acc_dtype(student.scalar_type());
-  TORCH_CHECK(grad_loss.numel() == 1 && grad_loss.device() == student.device(),
-              "kd_loss_backward: grad_loss must be a one-element tensor on ", student.device());
-  TORCH_CHECK(stats.device() == student.device() && stats.scalar_type() == acc && stats.dim() == 2 &&
-                  stats.size(0) == N && stats.size(1) == 5 && stats.is_contiguous(),
-              "kd_loss_backward: stats must be the contiguous [N, 5] ", acc,
-              " tensor returned by kd_loss_forward, got ", stats.scalar_type(), " ", stats.sizes());
+  const auto acc = kd_gmm::kd_acc_dtype(student.scalar_type());
+  kd_gmm::check_kd_backward(grad_loss, stats, student);
   const bool kl = !labels.has_value() || alpha > 0, ce = labels.has_value() && alpha < 1;
   const double w_kl = labels.has_value() ? alpha : 1.0;
   const at::Tensor g = grad_loss.reshape({}).to(acc);
@@ -115,34 +74,12 @@ at::Tensor kd_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& 
   const at::Tensor cce = ce ? g * (1.0 - alpha) / n_valid.clamp_min(1).to(acc) : at::zeros_like(g);
   const at::Tensor coef = at::stack({ckl, cce}).contiguous();
   at::Tensor grad = at::empty_like(student);
-  check_cuda(kd_backward(to_dtype(student.scalar_type(), "kd_loss"), student.const_data_ptr(),
+  check_cuda(kd_backward(kd_gmm::kd_dtype(student.scalar_type()), student.const_data_ptr(),
                          teacher.const_data_ptr(), labels.has_value() ? labels->const_data_ptr<int64_t>() : nullptr,
                          N, C, 1.0 / temperature, kl, ce, ignore_index, stats.const_data_ptr(),
                          coef.const_data_ptr(), grad.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
              "kd_loss_backward");
   return grad;
-}
-
-void check_gmm(const at::Tensor& weights, const at::Tensor& means, const at::Tensor& log_vars,
-               const at::Tensor& mix_logits) {
-  TORCH_CHECK(weights.is_cuda(), "gmm_prior (CUDA kernel): weights must be a CUDA tensor, got ", weights.device());
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble,
-              "gmm_prior: weights must be float32 or float64, got ", weights.scalar_type());
-  TORCH_CHECK(weights.is_contiguous(), "gmm_prior: weights must be contiguous (call .contiguous())");
-  const at::Tensor* params[3] = {&means, &log_vars, &mix_logits};
-  const char* names[3] = {"means", "log_vars", "mix_logits"};
-  for (int i = 0; i < 3; ++i) {
-    const at::Tensor& p = *params[i];
-    TORCH_CHECK(p.device() == weights.device(), "gmm_prior: ", names[i], " must be on ", weights.device(),
-                " like the weights, got ", p.device());
-    TORCH_CHECK(p.scalar_type() == weights.scalar_type(), "gmm_prior: ", names[i], " must have the weights' dtype ",
-                weights.scalar_type(), ", got ", p.scalar_type());
-    TORCH_CHECK(p.dim() == 1, "gmm_prior: ", names[i], " must be 1-D [K], got shape ", p.sizes());
-    TORCH_CHECK(p.size(0) == means.size(0), "gmm_prior: ", names[i], " has ", p.size(0),
-                " components but means has ", means.size(0));
-  }
-  TORCH_CHECK(means.size(0) >= 1 && means.size(0) <= kGmmMaxK, "gmm_prior: the number of components K must be in [1, ",
-              kGmmMaxK, "], got ", means.size(0));
 }
 
 // [mu | log pi - (log 2pi + log_var) / 2 | exp(-log_var) / 2], computed in double on the device.
@@ -158,7 +95,7 @@ at::Tensor gmm_params(const at::Tensor& means, const at::Tensor& log_vars, const
 at::Tensor gmm_prior_forward_cuda(const at::Tensor& weights, const at::Tensor& means, const at::Tensor& log_vars,
                                   const at::Tensor& mix_logits) {
   const c10::cuda::CUDAGuard guard(weights.device());
-  check_gmm(weights, means, log_vars, mix_logits);
+  kd_gmm::check_gmm(weights, means, log_vars, mix_logits, at::kCUDA);
   const int64_t N = weights.numel(), K = means.size(0);
   if (N == 0) return at::zeros({}, weights.options());
   const at::Tensor params = gmm_params(means, log_vars, mix_logits, weights.scalar_type());
@@ -176,9 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_prior_backward_cu
                                                                                    const at::Tensor& log_vars,
                                                                                    const at::Tensor& mix_logits) {
   const c10::cuda::CUDAGuard guard(weights.device());
-  check_gmm(weights, means, log_vars, mix_logits);
-  TORCH_CHECK(grad.numel() == 1 && grad.device() == weights.device(),
-              "gmm_prior_backward: grad must be a one-element tensor on ", weights.device());
+  kd_gmm::check_gmm(weights, means, log_vars, mix_logits, at::kCUDA);
+  kd_gmm::check_gmm_grad(grad, weights);
   const int64_t N = weights.numel(), K = means.size(0);
   const auto dt = weights.scalar_type();
   at::Tensor grad_w = at::empty_like(weights);

@@ -15,10 +15,13 @@
 
 #include <cstdint>
 
+#include "cpu/kd_gmm_kernels.h"  // plain C++: Dtype and kGmmMaxK, shared with the CPU kernels
+
 namespace slimkit {
 namespace cuda {
 
-enum class Dtype : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+using cpu::Dtype;
+using cpu::kGmmMaxK;
 
 // kd_loss. acc_t is double for f64 logits and float otherwise. One block per row.
 // forward writes stats[N, 5] (as in csrc/cpu/kd_gmm_kernels.h) and row_loss[N, 2]
@@ -38,7 +41,6 @@ cudaError_t kd_backward(Dtype dtype, const void* student, const void* teacher, c
 // forward partial[b] = sum over its weights of -log p(w); backward partial[b, 3K] = the block's
 // (sum r, sum r d / var, sum r d^2 / var) per component, and grad_w = g * sum_k r_k d_k / var_k
 // (g: the incoming gradient, one element on the device).
-constexpr int kGmmMaxK = 64;
 int gmm_blocks(int64_t N);
 cudaError_t gmm_forward(Dtype dtype, const void* weights, const void* params, int64_t N, int64_t K, void* partial,
                         cudaStream_t stream);

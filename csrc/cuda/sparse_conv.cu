@@ -38,10 +38,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t oh = active ? pos / s.OW : 0;
   const int64_t ow = active ? pos % s.OW : 0;
   const int64_t ih0 = oh * s.sh, iw0 = ow * s.sw;
-  const int64_t khw = s.kh * s.kw;
+  const int64_t khw = s.kh * s.kw, K = s.C * khw;
 
   for (int64_t oc = blockIdx.y; oc < s.OC; oc += gridDim.y) {
-    const int64_t z0 = row_ptr[oc], z1 = row_ptr[oc + 1];
+    // Clamped, so that a corrupt row_ptr cannot send the block outside col_idx / values.
+    const int64_t z0 = min(max(row_ptr[oc], int64_t(0)), s.nnz);
+    const int64_t z1 = min(max(row_ptr[oc + 1], z0), s.nnz);
     for (int64_t n = blockIdx.z; n < s.N; n += gridDim.z) {
       const scalar_t* xn = x + n * s.C * s.H * s.W;
       scalar_t acc = bias ? bias[oc] : scalar_t(0);
@@ -50,9 +52,10 @@ __global__ void __launch_bounds__(kThreads)
         __syncthreads();  // the previous chunk is no longer read
         for (int i = threadIdx.x; i < count; i += blockDim.x) {
           const int64_t col = col_idx[base + i];
-          const int64_t c = col / khw, r = (col / s.kw) % s.kh, q = col % s.kw;
+          const bool ok = col >= 0 && col < K;  // a bad column: a tap that is never inside the input
+          const int64_t c = ok ? col / khw : 0, r = ok ? (col / s.kw) % s.kh : 0, q = ok ? col % s.kw : 0;
           sh_chan[i] = c * s.H * s.W;
-          sh_dr[i] = static_cast<int>(r * s.dh - s.ph);
+          sh_dr[i] = ok ? static_cast<int>(r * s.dh - s.ph) : -(1 << 30);
           sh_ds[i] = static_cast<int>(q * s.dw - s.pw);
           sh_val[i] = values[base + i];
         }

@@ -6,8 +6,9 @@
 - ``sparse_linear`` forward, 784 -> 300 (LeNet-300-100's fc1), fp32, batch 1 and 64, at
   0.5 - 0.95 sparsity: ``native sparse`` (``sparse_linear`` with its default crossovers,
   so below them this row is the dense path it picks; ``note`` says which), ``dense
-  F.linear`` on the same pruned weight and ``torch CSR (sparse mm)`` (a torch.sparse_csr
-  matmul, the stock alternative);
+  F.linear`` on the same pruned weight, ``compile`` (that dense F.linear under
+  torch.compile; full run only) and ``torch CSR (sparse mm)`` (a torch.sparse_csr matmul,
+  the stock alternative);
 - ``end to end``: LeNet-300-100 (input 1x28x28) and VGG-11 at width 0.5 (1x28x28, 10
   classes: the MNIST model of docs/BENCHMARKS.md) with every conv and linear weight
   magnitude-pruned to 90 % (layer-wise, random init: speed depends on the sparsity
@@ -57,7 +58,7 @@ def _op_rows(batch: int, sparsities, quick: bool) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from slimkit.bench._common import native_note
+    from slimkit.bench._common import compiled, native_note
     from slimkit.bench.timing import interleaved_times
     from slimkit.ops.linear import SparseLinearWeight, sparse_linear
 
@@ -66,6 +67,7 @@ def _op_rows(batch: int, sparsities, quick: bool) -> list[dict]:
     w0 = torch.randn(OUT, IN, generator=gen)
     b = torch.randn(OUT, generator=gen)
     native_ok, why = native_note(x, "slimkit::sparse_linear")
+    linear = None if quick else compiled(lambda x, w, b: F.linear(x, w, b))  # one graph, weights as inputs
     rows = []
     for sparsity in sparsities:
         w = w0.clone()
@@ -79,6 +81,8 @@ def _op_rows(batch: int, sparsities, quick: bool) -> list[dict]:
             fns = {"native sparse": lambda sw=sw: sparse_linear(x, sw, b),
                    "dense F.linear": lambda w=w: F.linear(x, w, b),
                    "torch CSR (sparse mm)": lambda csr=csr: torch.sparse.mm(csr, x.t()).t() + b}
+            if linear is not None:
+                fns["compile"] = lambda w=w: linear(x, w, b)
             samples = interleaved_times(fns, warmup=3 if quick else 20, repeats=5 if quick else 201)
         path = "sparse kernel" if sw.uses_sparse and native_ok else "dense F.linear path"
         dense = statistics.median(samples["dense F.linear"])

@@ -131,10 +131,10 @@ class SparseConv2d(CSRLayer):
                  min_sparsity=None):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = tuple(as_pair(kernel_size, "kernel_size"))
-        self.stride = tuple(as_pair(stride, "stride"))
-        self.padding = tuple(as_pair(padding, "padding"))
-        self.dilation = tuple(as_pair(dilation, "dilation"))
+        self.kernel_size = tuple(as_pair(kernel_size, "kernel_size", 1))
+        self.stride = tuple(as_pair(stride, "stride", 1))
+        self.padding = tuple(as_pair(padding, "padding", 0))
+        self.dilation = tuple(as_pair(dilation, "dilation", 1))
         self._init_csr(self.out_channels, bias, min_sparsity)
 
     @property

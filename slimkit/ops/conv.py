@@ -21,6 +21,8 @@ input's device, and the pure-PyTorch reference otherwise (same results).
 from __future__ import annotations
 
 import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -78,16 +80,35 @@ def default_min_sparsity(shape) -> float:
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
 
-def as_pair(v, name="argument"):
-    """``[v, v]`` for an int, else the 1- or 2-sequence as a pair (conv2d's int-or-pair arguments)."""
-    if isinstance(v, int):
-        return [v, v]
-    v = [int(x) for x in v]
+def as_pair(v, name="argument", minimum=None):
+    """[a, b] from an int or a 1- or 2-sequence of ints; with ``minimum``, both must be >= it
+    (so that a stride of 0 is this ValueError, not a ZeroDivisionError in a shape formula)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        v = [int(v)] * 2
+    elif isinstance(v, (list, tuple, torch.Size)) and all(isinstance(x, numbers.Integral) for x in v):
+        v = [int(x) for x in v]
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
     if len(v) == 1:
-        return v * 2
+        v = v * 2
     if len(v) != 2:
         raise ValueError(f"{name} must be an int or a pair, got {v}")
+    if minimum is not None and min(v) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {tuple(v)}")
     return v
+
+
+def _conv_args(stride, padding, dilation, kernel_size):
+    """Checked (stride, numeric padding or None, dilation) of a convolution: stride and dilation
+    >= 1, padding >= 0 (or 'valid'/'same'; None when 'same' would be asymmetric), and no 'same'
+    padding with a stride, which torch.nn.functional.conv2d refuses too."""
+    stride, dilation = as_pair(stride, "stride", 1), as_pair(dilation, "dilation", 1)
+    if isinstance(padding, str):
+        if padding == "same" and stride != [1, 1]:
+            raise ValueError(f"padding='same' is not supported for strided convolutions (stride={tuple(stride)})")
+    else:
+        as_pair(padding, "padding", 0)
+    return stride, resolve_padding(padding, kernel_size, dilation), dilation
 
 
 def resolve_padding(padding, kernel_size, dilation):
@@ -202,8 +223,8 @@ def masked_conv2d(input, weight, mask, bias=None, stride=1, padding=0, dilation=
     Gradients flow to ``input``, ``weight`` and ``bias`` (never to ``mask``). Arguments
     are those of :func:`torch.nn.functional.conv2d`.
     """
-    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    pad = resolve_padding(padding, weight.shape[2:], dilation) if weight.dim() == 4 else None
+    stride, pad, dilation = _conv_args(stride, padding, dilation, weight.shape[2:] if weight.dim() == 4 else (1, 1))
+    pad = pad if weight.dim() == 4 else None
     if (pad is None or input.dim() not in (3, 4) or weight.dim() != 4 or not _native(input, "masked_conv2d_forward")
             or not all(t.dtype == input.dtype for t in (weight, mask))):
         return masked_conv2d_reference(input, weight, mask, bias, stride, padding, dilation, groups)
@@ -265,8 +286,7 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
     if not isinstance(sparse_weight, SparseConvWeight):
         raise TypeError(f"sparse_conv2d expects a SparseConvWeight, got {type(sparse_weight).__name__} "
                         "(build one with SparseConvWeight.from_dense(weight))")
-    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
-    pad = resolve_padding(padding, sparse_weight.shape[2:], dilation)
+    stride, pad, dilation = _conv_args(stride, padding, dilation, sparse_weight.shape[2:])
     needs_grad = torch.is_grad_enabled() and (input.requires_grad or (bias is not None and bias.requires_grad))
     if (not sparse_weight.uses_sparse or needs_grad or pad is None or input.dim() not in (3, 4)
             or _positions(input, sparse_weight.shape, stride, pad, dilation) < SPARSE_MIN_POSITIONS

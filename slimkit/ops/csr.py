@@ -1,10 +1,12 @@
 """CSR weights: the data that sparse_conv2d and sparse_linear take.
 
 A pruned weight of shape (out, *fan_in) is stored in CSR over out x prod(fan_in):
-``row_ptr`` (out+1), ``col_idx`` and ``values`` (nnz). :class:`CSRWeight` validates and
-converts it, and decides, from its sparsity, whether the sparse kernel runs at all
-(``uses_sparse``, with ``reason``). The inference layers that hold such weights in
-buffers (``SparseConv2d``, ``SparseLinear``) are modules and live in :mod:`slimkit.nn.sparse`.
+``row_ptr`` (out+1), ``col_idx`` and ``values`` (nnz). :class:`CSRWeight` validates it once,
+when it is built (the native CUDA kernels do not re-check the indices per call, which
+would copy them to the host and synchronise; they only clamp what they read), converts
+it, and decides, from its sparsity, whether the sparse kernel runs at all (``uses_sparse``,
+with ``reason``). The inference layers that hold such weights in buffers (``SparseConv2d``,
+``SparseLinear``) are modules and live in :mod:`slimkit.nn.sparse`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ class CSRWeight:
     def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor, shape,
                  min_sparsity: float | None = None, validate: bool = True):
         self.shape = torch.Size(int(s) for s in shape)
+        if len(self.shape) != self.rank or min(self.shape) < 1:  # always: the shape formulas below divide by it
+            raise ValueError(f"{type(self).__name__}: shape must be {self.shape_doc} of positive sizes, got "
+                             f"{tuple(self.shape)}")
         self.row_ptr, self.col_idx, self.values = row_ptr, col_idx, values
         if validate:
             self._validate()
@@ -70,8 +75,6 @@ class CSRWeight:
 
     def _validate(self):
         name, shape, rp, ci, v = type(self).__name__, self.shape, self.row_ptr, self.col_idx, self.values
-        if len(shape) != self.rank or min(shape) < 1:
-            raise ValueError(f"{name}: shape must be {self.shape_doc} of positive sizes, got {tuple(shape)}")
         for tname, t in (("row_ptr", rp), ("col_idx", ci)):
             if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
                 raise ValueError(f"{name}: {tname} must be a 1-D int32/int64 tensor")
@@ -97,6 +100,9 @@ class CSRWeight:
             raise ValueError(f"{cls.__name__}.from_dense expects a {cls.rank}-D floating weight {cls.shape_doc}")
         if index_dtype not in (torch.int32, torch.int64):
             raise ValueError("index_dtype must be torch.int32 or torch.int64")
+        if weight.numel() == 0:
+            raise ValueError(f"{cls.__name__}: shape must be {cls.shape_doc} of positive sizes, got "
+                             f"{tuple(weight.shape)}")
         w = weight.detach()
         flat = w.reshape(w.shape[0], -1)
         nz = flat != 0
