@@ -121,6 +121,7 @@ def test_no_compiler_no_prebuilt_falls_back_with_one_warning(tmp_path):
     assert "no C++ compiler" in proc.stderr
 
 
+@pytest.mark.slow  # compiles the whole extension: the fast suite compiles nothing
 def test_jit_build_when_no_prebuilt():
     """The JIT path for real: builds csrc/ into a cache under build/ (kept between runs, so only the first
     run of a source version compiles: ~2 min on 2 idle cores with MAX_JOBS=1) and loads it."""
@@ -173,6 +174,7 @@ def test_every_compiled_isa_matches_reference(isa, name):
     assert out["max_err"] < 5e-6, out
 
 
+@pytest.mark.slow  # compiles the ISA units
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 def test_isa_objects_share_no_linker_names(isa, tmp_path):
     """Every symbol an ISA-specific file defines is in its own namespace, so the linker can never hand
