@@ -104,7 +104,7 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1, repeats:
             "num_classes": header.get("num_classes"), "data": header.get("data", {}).get("description"),
             "layers": layers, **stats, "size_bytes": loaded.size_bytes, "tensor_bytes": sum(per_key.values()),
             "dense_fp32_bytes": dense_bytes, "ratio_to_dense_fp32": dense_bytes / loaded.size_bytes,
-            "batch_sizes": batch_sizes}
+            "batch_sizes": batch_sizes, "integrity": loaded.integrity}
     if isinstance(header.get("baseline_dense_fp32_bytes"), int):  # written by a compress run
         desc["baseline_dense_fp32_bytes"] = header["baseline_dense_fp32_bytes"]
         desc["ratio_to_baseline"] = header["baseline_dense_fp32_bytes"] / loaded.size_bytes
@@ -172,6 +172,7 @@ def print_description(desc: dict, console) -> None:
     console.print(f"file: {desc['size_bytes']:,} bytes (tensors {desc['tensor_bytes']:,} + header and index "
                   f"{desc['size_bytes'] - desc['tensor_bytes']:,}); dense fp32: {desc['dense_fp32_bytes']:,} bytes; "
                   f"{desc['ratio_to_dense_fp32']:.2f}x smaller; sparsity {100 * desc['sparsity']:.2f} %")
+    console.print(f"integrity: {desc['integrity']}")
     if "ratio_to_baseline" in desc and desc["baseline_dense_fp32_bytes"] != desc["dense_fp32_bytes"]:
         console.print(f"the run's baseline, dense fp32: {desc['baseline_dense_fp32_bytes']:,} bytes; "
                       f"{desc['ratio_to_baseline']:.2f}x smaller (compression_ratio in report.json)")

@@ -49,3 +49,11 @@ def test_a_fixture_saved_again_gets_checksums_and_the_same_weights(tmp_path):
         {k: e["codec"] for k, e in old.header["tensors"].items()}
     old_state, new_state = old.model.state_dict(), new.model.state_dict()
     assert all(old_state[k].equal(new_state[k]) for k in old_state)
+
+
+def test_info_says_whether_a_file_was_verified():
+    """`slimkit info` shows a file's integrity: crc32-verified, or written before checksums."""
+    from slimkit.summary import describe_model
+
+    old = FIXTURES / "v1-lenet300-prune.slim"
+    assert describe_model(old)["integrity"].startswith("unverified")
