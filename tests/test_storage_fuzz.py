@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slimkit import storage
+from slimkit.storage import container
 from slimkit.errors import UserError
 from slimkit.plugins import load_registry
 from slim_models import every_codec_model
@@ -113,7 +114,7 @@ def _check(raw: bytes) -> None:
         # a damaged file never makes the loader build more than the file can describe (the
         # bound that keeps loading fast; benchmarks/speed_targets.py times it)
         elements = sum(t.numel() for t in model.state_dict().values())
-        assert elements <= max(storage.MAX_MODEL_ELEMENTS, storage.ELEMENTS_PER_FILE_BYTE * len(raw))
+        assert elements <= max(container.MAX_MODEL_ELEMENTS, container.ELEMENTS_PER_FILE_BYTE * len(raw))
         if raw == ORIGINAL:
             for a, b in zip(MODEL.state_dict().values(), model.state_dict().values()):
                 assert torch.equal(a, b)
