@@ -47,6 +47,7 @@ class Registry:
         self.models: dict[str, Registered] = {}
         self.datasets: dict[str, Registered] = {}
         self.modules = ModuleRegistry()
+        self.channel_rules: list[tuple] = []  # (layer class or op name, propagate, resize)
         self._collect()
 
     def _collect(self):
@@ -63,6 +64,10 @@ class Registry:
                 self._add(self.datasets, "dataset", name, loader, summary, _plugin)
             impl.function(register=register)
         self.pm.hook.register_modules(register=self.modules.register)
+
+        def register_rule(target, propagate, resize=None):
+            self.channel_rules.append((target, propagate, resize))
+        self.pm.hook.register_channel_rules(register=register_rule)
 
     @staticmethod
     def _add(table, kind, name, obj, summary, plugin):

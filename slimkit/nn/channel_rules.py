@@ -65,21 +65,27 @@ def _merge(atoms, labels, shape) -> np.ndarray:
     return np.broadcast_to(labels[k].reshape(view), tuple(shape)).reshape(-1).copy()
 
 
-def _split(atoms, flat: np.ndarray, shape) -> list:
-    """Unflatten one dim into several: the outermost non-trivial dim carries the atoms and
-    each of its blocks becomes one atom (so a head of a [heads, D] split goes whole)."""
-    if not (flat != FIXED).any():
-        return [fixed(s) for s in shape]
-    k = next(i for i, s in enumerate(shape) if s > 1)
-    block = math.prod(shape[k + 1:])
-    rows = flat.reshape(shape[k], block)
+def _split(atoms, flat: np.ndarray, shape, pinned=()) -> list:
+    """Unflatten one dim into several. One dim carries the atoms: the outermost non-trivial
+    one whose size the forward does not pin (a literal in ``view``); the entries that
+    share an index along it become one atom (a head of ``[heads, D]`` goes whole; with the
+    group count pinned, ``[groups, C/G]`` of a channel shuffle keeps every group alike)."""
     out = [fixed(s) for s in shape]
+    if not (flat != FIXED).any():
+        return out
+    free = [i for i, s in enumerate(shape) if s > 1 and i not in pinned]
+    if not free:  # every size is written into the forward
+        atoms.lock(flat)
+        return out
+    k = free[0]
+    rows = np.moveaxis(flat.reshape(shape), k, 0).reshape(shape[k], -1)
     out[k] = np.array([atoms.union_all(row) for row in rows], dtype=np.int64)
     return out
 
 
-def reshape_labels(atoms, labels, in_shape, out_shape) -> Labels:
-    """Labels after view/reshape/flatten/squeeze, matched through runs of equal products."""
+def reshape_labels(atoms, labels, in_shape, out_shape, pinned=()) -> Labels:
+    """Labels after view/reshape/flatten/squeeze, matched through runs of equal products;
+    ``pinned``: output dims whose size the forward writes as a literal."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
     out: list = [None] * len(out_shape)
     i = j = 0
@@ -107,7 +113,7 @@ def reshape_labels(atoms, labels, in_shape, out_shape) -> Labels:
             out[j0] = labels[i0].copy()
             continue
         flat = _merge(atoms, labels[i0:i], in_shape[i0:i])
-        out[j0:j] = _split(atoms, flat, out_shape[j0:j])
+        out[j0:j] = _split(atoms, flat, out_shape[j0:j], {d - j0 for d in pinned if j0 <= d < j})
     return Labels(out)
 
 
@@ -238,10 +244,30 @@ def _softmax_module(call) -> Labels:
     return Labels(v.copy() for v in x)
 
 
+def _pinned(call) -> set:
+    """Output dims of a view/reshape/unflatten whose size is a literal of the forward (not -1,
+    not computed from a tensor's size): pruning must not change them."""
+    node, name = call.node, call.node.target if isinstance(call.node.target, str) else call.node.target.__name__
+    if call.module is not None:
+        return set(range(len(call.shape))) if isinstance(call.module, nn.Unflatten) else set()
+    if name in ("view", "reshape"):
+        sizes = node.args[1:]
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = sizes[0]
+        if "shape" in node.kwargs:
+            sizes = node.kwargs["shape"]
+        return {d for d, s in enumerate(sizes) if isinstance(s, int) and s != -1}
+    if name == "unflatten":
+        dim = _dim(call.arg(1, "dim"), len(call.arg_shapes[0]))
+        sizes = node.args[2] if len(node.args) > 2 else node.kwargs.get("sizes", ())
+        return {dim + d for d, s in enumerate(sizes) if isinstance(s, int) and s != -1}
+    return set()
+
+
 def _reshape(call) -> Labels:
     x = next(a for a in call.args if _is_labels(a))
     shape = next(s for a, s in zip(call.args, call.arg_shapes) if _is_labels(a))
-    return reshape_labels(call.atoms, x, shape, call.shape)
+    return reshape_labels(call.atoms, x, shape, call.shape, _pinned(call))
 
 
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,

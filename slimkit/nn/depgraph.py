@@ -408,7 +408,8 @@ def build_graph(model: nn.Module, example, *, rules=None, strict: bool = True) -
         rec = record(gm, example)
     except Exception as exc:
         raise UserError(f"the model does not run on an example input of shape "
-                        f"{[tuple(t.shape) for t in _input_tuple(example)]} ({type(exc).__name__}: {exc})") from None
+                        f"{[tuple(t.shape) for t in _input_tuple(example)]} ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0]})") from None
     graph = ChannelGraph(model, rules)
     graph.gm = gm
     env: dict[fx.Node, Any] = {}
