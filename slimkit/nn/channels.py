@@ -79,8 +79,12 @@ def _check_removable(graph: ChannelGraph, removed: set) -> None:
 
 
 @torch.no_grad()
-def remove_channels(model: nn.Module, graph: ChannelGraph, atoms: Iterable[int], example) -> nn.Module:
-    """A copy of ``model`` without ``atoms`` (ids from ``graph``, which was built on ``model``)."""
+def remove_channels(model: nn.Module, graph: ChannelGraph, atoms: Iterable[int], example, *,
+                    check: bool = True) -> nn.Module:
+    """A copy of ``model`` without ``atoms`` (ids from ``graph``, which was built on ``model``).
+
+    ``check=False`` skips the re-trace (for trial copies that are measured and thrown
+    away; call :func:`verify` on the one that is kept)."""
     removed = _roots(graph, atoms)
     _check_removable(graph, removed)
     memo: dict = {}
@@ -112,7 +116,8 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, atoms: Iterable[int],
         else:
             for attr, t in tensors.items():
                 (old._parameters if attr in old._parameters else old._buffers)[attr] = t
-    verify(new_model, graph, removed, example)
+    if check:
+        verify(new_model, graph, removed, example)
     return new_model
 
 
