@@ -130,7 +130,8 @@ def _plugin_with_rule():
     return types.SimpleNamespace(__name__="scale_rules", register_channel_rules=register_channel_rules)
 
 
-def test_register_channel_rules_hook_teaches_a_layer_type(fresh_registry):
+def test_hook_register_channel_rules(fresh_registry):
+    """A plugin teaches the channel graph its own layer type; pruning through it is exact."""
     set_registry(load_registry(extra_plugins=[_plugin_with_rule()]))
     model = WithScale().double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
