@@ -182,3 +182,21 @@ def test_options_have_defaults_and_ranges():
         assert "[" in described[name]["allowed"] or ">=" in described[name]["allowed"]
     with pytest.raises(UserError):
         opts_for(fp.FilterPrune(), importance="l3")
+
+
+def test_masked_layers_stay_masked_with_their_masks_sliced():
+    from slimkit.nn import MaskedConv2d, MaskedLinear, to_masked
+
+    model = to_masked(VGGLike()).eval()
+    first = model.features[0][0]
+    with torch.no_grad():
+        first.weight_mask[:, 0] = 0  # input channel 0 of every filter pruned
+        first.zero_pruned()
+    out = fp.prune_channels(model, (3, 16, 16), ratio=0.5)
+    convs = convs_of(out)
+    assert all(isinstance(c, MaskedConv2d) for c in convs) and isinstance(out.classifier[1], MaskedLinear)
+    assert [c.out_channels for c in convs] == [4, 8, 8, 6]
+    for c in convs + [out.classifier[1], out.classifier[3]]:
+        assert c.weight_mask.shape == c.weight.shape and torch.equal(c.weight, c.weight * c.weight_mask)
+    assert (out.features[0][0].weight_mask[:, 0] == 0).all()
+    assert out(torch.randn(1, 3, 16, 16)).shape == (1, 4)

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from slimkit.errors import UserError
 from slimkit.nn.depgraph import FIXED, ChannelGraph, Labels, build_graph, describe_node, record, trace
-from slimkit.nn.quantized import replace_layer
+from slimkit.nn import replace_layer
 
 __all__ = ["remove_channels", "zero_channels", "atom_scores", "kept_indices", "expected_shape"]
 
