@@ -200,3 +200,22 @@ def test_masked_layers_stay_masked_with_their_masks_sliced():
         assert c.weight_mask.shape == c.weight.shape and torch.equal(c.weight, c.weight * c.weight_mask)
     assert (out.features[0][0].weight_mask[:, 0] == 0).all()
     assert out(torch.randn(1, 3, 16, 16)).shape == (1, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet20", "mobilenetv2", "vit"])
+def test_compress_writes_a_smaller_model_that_evaluates_as_reported(model, tmp_path, capsys):
+    import json
+
+    from conftest import cli
+
+    out = tmp_path / "o"
+    opts = ("--model-opt", "width=0.5") if model != "vit" else ("--model-opt", "dim=32", "--model-opt", "depth=2")
+    assert cli("compress", "--model", model, *opts, "--data", "digits", "--baseline-epochs", "3", "--epochs", "1",
+               "--method", "filter-prune", "--set", "macs=0.5", "--quiet", "--no-latency", "--out", out) == 0
+    report = json.loads((out / "report.json").read_text())
+    stage = next(s for s in report["stages"] if s.get("macs_before"))
+    capsys.readouterr()
+    assert cli("evaluate", out / "model.slim", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["final"]["accuracy"]
+    assert stage["macs_after"] <= 0.5 * stage["macs_before"]
