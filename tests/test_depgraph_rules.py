@@ -155,3 +155,16 @@ def test_rule_registration_checks_its_arguments():
         rules.register(ChannelScale, lambda call: None)
     with pytest.raises(TypeError):
         rules.register(42, lambda call: None)
+
+
+def test_a_call_a_rule_cannot_read_is_refused_not_guessed():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            return self.b(input=self.a(x)).sum((2, 3))
+
+    with pytest.raises(UserError, match=r"fx node 'b' \(call_module b\)"):
+        build_graph(Keyword(), torch.randn(1, 3, 8, 8))

@@ -453,8 +453,14 @@ def _propagate(graph: ChannelGraph, node: fx.Node, env, rec: _Recorder, shape):
         if incoming:
             graph.unknown.append((node, incoming))
         return _fixed_like(shape)
-    out = rule(call)
-    _check_sizes(node, out, shape)
+    try:
+        out = rule(call)
+        _check_sizes(node, out, shape)
+    except UserError:
+        raise
+    except Exception as exc:  # a call the rule does not understand (unusual arguments): refuse, never guess
+        raise UserError(f"cannot follow channels through {describe_node(node)}: its rule failed "
+                        f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})") from None
     return out
 
 
@@ -463,7 +469,7 @@ def _check_sizes(node, labels, shape):
         ok = isinstance(labels, Labels) and len(labels) == len(shape) and all(
             isinstance(lab, np.ndarray) and lab.shape == (s,) for lab, s in zip(labels, shape))
         if not ok:
-            raise AssertionError(f"channel rule for {describe_node(node)} returned labels that do not match "
+            raise ValueError(f"channel rule for {describe_node(node)} returned labels that do not match "
                                  f"its output shape {shape}")
     elif isinstance(shape, (tuple, list)):
         for lab, s in zip(labels, shape):
