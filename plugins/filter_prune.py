@@ -270,8 +270,9 @@ class _BNSparsity(TrainCallback):
     def after_backward(self, model, step: int) -> None:
         with torch.no_grad():
             for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
-                    m.weight.grad.add_(torch.sign(m.weight), alpha=self.lam)
+                grad = m.weight.grad if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None else None
+                if grad is not None:
+                    grad.add_(torch.sign(m.weight), alpha=self.lam)
 
 
 class FilterPrune(Method):
@@ -280,7 +281,8 @@ class FilterPrune(Method):
                "(residuals, concatenations, depthwise convs, attention): a physically smaller, faster net.")
     paper = ("H. Li et al. Pruning Filters for Efficient ConvNets. ICLR 2017; Z. Liu et al. Learning Efficient "
              "Convolutional Networks through Network Slimming. ICCV 2017; P. Molchanov et al. Importance Estimation "
-             "for Neural Network Pruning. CVPR 2019; G. Fang et al. DepGraph: Towards Any Structural Pruning. CVPR 2023.")
+             "for Neural Network Pruning. CVPR 2019; G. Fang et al. DepGraph: Towards Any Structural Pruning. "
+             "CVPR 2023.")
     options = [
         Option("ratio", float, 0.5, "fraction of the channels removed (of every group with scope=per-layer, of "
                "all with scope=global; round(ratio x channels), at least one left)", min=0.0, max=0.95),

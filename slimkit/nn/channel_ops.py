@@ -350,9 +350,8 @@ def _flayer_norm(call) -> Labels:
     k = len(shape)
     for d in range(k):
         call.atoms.lock(x[len(x) - k + d])
-    for name in ("weight", "bias"):
-        p = call.kwargs.get(name) if name in call.kwargs else (call.args[2 if name == "weight" else 3]
-                                                               if len(call.args) > (2 if name == "weight" else 3) else None)
+    for i, name in ((2, "weight"), (3, "bias")):
+        p = call.arg(i, name)
         if is_labels(p):
             call.atoms.lock(np.concatenate(list(p)))
     return Labels(v.copy() for v in x)

@@ -45,7 +45,8 @@ from slimkit.nn import eval_mode
 
 FIXED = -1
 
-__all__ = ["FIXED", "Labels", "Atoms", "Call", "ChannelGraph", "ParamRecord", "build_graph", "describe_node", "fixed"]
+__all__ = ["FIXED", "Labels", "Atoms", "Call", "ChannelGraph", "Group", "ParamRecord", "build_graph", "describe_node",
+           "fixed", "trace", "record"]
 
 
 def fixed(n: int) -> np.ndarray:
@@ -316,7 +317,7 @@ class ChannelGraph:
             for d, lab in enumerate(rec.labels):
                 if lab is None:
                     continue
-                gs = {where[r] .index for r in (self.root(int(a)) for a in np.unique(lab) if a != FIXED) if r in where}
+                gs = {where[r].index for r in (self.root(int(a)) for a in np.unique(lab) if a != FIXED) if r in where}
                 for gi in gs:
                     self.groups[gi].params.append((rec, d))
 
