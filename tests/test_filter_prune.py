@@ -219,3 +219,5 @@ def test_compress_writes_a_smaller_model_that_evaluates_as_reported(model, tmp_p
     assert cli("evaluate", out / "model.slim", "--json") == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["final"]["accuracy"]
     assert stage["macs_after"] <= 0.5 * stage["macs_before"]
+    assert cli("export", out / "model.slim", "--format", "torchscript", "--out", tmp_path / "m.pt") == 0
+    assert cli("info", out / "model.slim") == 0
