@@ -383,7 +383,8 @@ _UNARY = ("relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "tanh
           "hardtanh", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "dropout", "dropout1d", "dropout2d",
           "alpha_dropout", "contiguous", "clone", "detach", "float", "double", "half", "to", "type", "type_as", "abs",
           "neg", "exp", "log", "sqrt", "rsqrt", "square", "erf", "clamp", "clamp_", "clip", "sign", "cpu", "cuda",
-          "requires_grad_", "masked_fill")
+          "requires_grad_", "masked_fill", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like",
+          "randn_like")  # *_like: a new tensor laid out like its input shrinks with it
 _ELEMENTWISE = ("add", "sub", "mul", "truediv", "div", "floordiv", "iadd", "isub", "imul", "itruediv", "add_", "sub_",
                 "mul_", "div_", "pow", "maximum", "minimum", "where", "rsub", "radd", "rmul", "eq", "ne", "lt", "gt",
                 "le", "ge", "addcmul", "lerp")
