@@ -40,7 +40,8 @@ def _roots(graph: ChannelGraph, atoms: Iterable[int]) -> set:
 def kept_indices(graph: ChannelGraph, labels: np.ndarray, removed: set) -> np.ndarray:
     """Positions of ``labels`` that stay when the atoms (roots) in ``removed`` go."""
     roots = graph.roots(labels)
-    return np.array([i for i, r in enumerate(roots.tolist()) if r == FIXED or r not in removed], dtype=np.int64)
+    gone = np.isin(roots, np.fromiter(removed, dtype=np.int64, count=len(removed)))
+    return np.nonzero((roots == FIXED) | ~gone)[0].astype(np.int64)
 
 
 def expected_shape(graph: ChannelGraph, labels, removed: set):

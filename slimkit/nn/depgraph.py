@@ -63,6 +63,7 @@ class Atoms:
     def __init__(self):
         self.parent: list[int] = []
         self.locked: list[bool] = []
+        self.unions = 0  # bumped by every merge, so cached root tables know when they are stale
 
     def fresh(self, n: int) -> np.ndarray:
         start = len(self.parent)
@@ -83,6 +84,7 @@ class Atoms:
         if ra != rb:
             self.parent[rb] = ra
             self.locked[ra] = self.locked[ra] or self.locked[rb]
+            self.unions += 1
         return ra
 
     def lock(self, labels) -> None:
@@ -258,14 +260,23 @@ class ChannelGraph:
         return a if a == FIXED else self.atoms.find(a)
 
     def roots(self, labels: np.ndarray) -> np.ndarray:
-        return np.array([self.root(int(a)) for a in labels.tolist()], dtype=np.int64)
+        """The root of every entry of ``labels`` (FIXED stays FIXED), through a cached table."""
+        key = (self.atoms.unions, len(self.atoms.parent))
+        if getattr(self, "_table_key", None) != key:
+            self._table = np.array([self.atoms.find(a) for a in range(len(self.atoms.parent))], dtype=np.int64)
+            self._table_key = key
+        labels = np.asarray(labels, dtype=np.int64)
+        out = labels.copy()
+        hit = labels != FIXED
+        out[hit] = self._table[labels[hit]]
+        return out
 
     def prunable(self, a: int) -> bool:
         return a != FIXED and not self.atoms.is_locked(a)
 
     def lock_modules(self, patterns) -> list[str]:
         """Leave the layers whose names match any glob in ``patterns`` as they are; returns their names."""
-        hit = set()
+        hit: set = set()
         for rec in self.params.values():
             names = [m for m, _ in rec.holders if any(fnmatch.fnmatchcase(m, p) for p in patterns)]
             if names:
@@ -300,8 +311,7 @@ class ChannelGraph:
             return a
 
         for arr in self.label_arrays():
-            roots = {self.root(int(a)) for a in np.unique(arr) if a != FIXED}
-            roots = [r for r in roots if not atoms.is_locked(r)]
+            roots = [int(r) for r in np.unique(self.roots(arr)) if r != FIXED and not atoms.locked[r]]
             for r in roots:
                 link.setdefault(r, r)
             for r in roots[1:]:
@@ -317,7 +327,7 @@ class ChannelGraph:
             for d, lab in enumerate(rec.labels):
                 if lab is None:
                     continue
-                gs = {where[r].index for r in (self.root(int(a)) for a in np.unique(lab) if a != FIXED) if r in where}
+                gs = {where[int(r)].index for r in np.unique(self.roots(lab)) if int(r) in where}
                 for gi in gs:
                     self.groups[gi].params.append((rec, d))
 
