@@ -57,6 +57,23 @@ def register_modules(register):
 
 
 @hookspec
+def register_channel_rules(register):
+    """Called once at start-up to collect how channels flow through your layer types.
+
+    Structured pruning (:mod:`slimkit.nn.depgraph`) follows channels through every
+    layer and op it has a rule for, and refuses a model where prunable channels reach
+    anything else. Call ``register(LayerClass, propagate, resize)`` for a module type
+    (it then stays one node when the model is traced), or ``register("op_name",
+    propagate)`` for a function or tensor method. ``propagate(call)`` receives a
+    :class:`slimkit.nn.depgraph.Call` and returns the output's
+    :class:`~slimkit.nn.depgraph.Labels`, labelling the layer's tensors with
+    ``call.param(name, dim, labels, role)``; ``resize(old_layer, tensors)`` returns a
+    layer sized for the sliced ``tensors`` (name -> tensor), which the surgery then
+    installs. :mod:`slimkit.nn.channel_rules` has the built-in rules as examples.
+    """
+
+
+@hookspec
 def stage_started(stage, options, context):
     """Called when a pipeline stage starts (a baseline training or a method).
 

@@ -74,6 +74,7 @@ class Registry:
         self.models: dict[str, Registered] = {}
         self.datasets: dict[str, Registered] = {}
         self.modules = ModuleRegistry()
+        self.channel_rules: list[tuple] = []  # (layer class or op name, propagate, resize)
         self._collect()
 
     def plugin_info(self, plugin: str) -> PluginInfo:
@@ -99,7 +100,9 @@ class Registry:
             return lambda name, obj, summary="": [(kind, name, obj, summary)]
 
         hooks = (("register_methods", method_args), ("register_models", named_args("model")),
-                 ("register_datasets", named_args("dataset")), ("register_modules", lambda cls: [("module", cls)]))
+                 ("register_datasets", named_args("dataset")), ("register_modules", lambda cls: [("module", cls)]),
+                 ("register_channel_rules", lambda target, propagate, resize=None: [("rule", target, propagate,
+                                                                                       resize)]))
         for hook, to_items in hooks:
             for impl in getattr(self.pm.hook, hook).get_hookimpls():
                 pending: list[tuple] = []
@@ -130,6 +133,9 @@ class Registry:
     def _add(self, plugin, kind, *item):
         info = self.plugin_info(plugin)
         if info.error:  # an earlier hook of this plugin failed
+            return
+        if kind == "rule":  # channel rules of the dependency graph (slimkit.nn.depgraph)
+            self.channel_rules.append(tuple(item))
             return
         if kind == "module":
             try:

@@ -393,7 +393,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
             with torch.no_grad():
                 for p in vgg.parameters():
                     p.add_(torch.randn_like(p))
-        fp.prune_filters(vgg, 0.5, sync=True)
+        vgg = fp.prune_channels(vgg, (3, 16, 16), ratio=0.5, sync=True)
         torch.save({"masks": [m.weight_mask.clone() for m in layers], "local": local,
                     "vgg": {k: v.shape for k, v in vgg.state_dict().items()},
                     "vgg_rows": [m.weight.shape for m in vgg.modules() if isinstance(m, nn.Conv2d)]},
@@ -455,125 +455,7 @@ def test_filters_to_remove():
     assert fp.filters_to_remove(64, 0.0) == 0
 
 
-@pytest.mark.parametrize("strategy", ["independent", "greedy"])
-def test_filter_prune_keeps_top_l1_filters_and_slices_everything(strategy):
-    model = VGGLike().eval()
-    x = torch.randn(2, 3, 16, 16)
-    y_before = model(x)
-    orig = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}
-    conv_names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    bn_names = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    params_before, macs_before = fp.count_params(model), fp.count_macs(model, (3, 16, 16))
-
-    rows = fp.prune_filters(model, 0.5, strategy=strategy)
-    assert model(x).shape == y_before.shape == (2, 4)
-    keep_prev = None
-    for name, bn_name in zip(conv_names, bn_names):
-        w0 = orig[name]["weight"]
-        w_in = w0 if keep_prev is None else w0[:, keep_prev]
-        scored = w0 if strategy == "independent" else w_in
-        norms = scored.abs().sum(dim=(1, 2, 3))
-        keep = sorted(torch.argsort(norms, descending=True)[: w0.shape[0] // 2].tolist())
-        assert norms[keep].min() >= norms[[i for i in range(len(norms)) if i not in keep]].max()
-        conv = model.get_submodule(name)
-        assert type(conv) is nn.Conv2d and conv.out_channels == len(keep)
-        assert torch.equal(conv.weight, w_in[keep])  # surviving filters are the original rows
-        assert torch.equal(conv.bias, orig[name]["bias"][keep])
-        bn = model.get_submodule(bn_name)
-        assert type(bn) is nn.BatchNorm2d and bn.num_features == len(keep)
-        for key in ("weight", "bias", "running_mean", "running_var"):
-            assert torch.equal(getattr(bn, key), orig[bn_name][key][keep]), key
-        keep_prev = torch.tensor(keep)
-    lin = model.classifier[1]
-    cols = (keep_prev[:, None] * 4 + torch.arange(4)).reshape(-1)
-    assert lin.in_features == 6 * 4 and torch.equal(lin.weight, orig["classifier.1"]["weight"][:, cols])
-    assert torch.equal(model.classifier[3].weight, orig["classifier.3"]["weight"])
-    assert [r["out_channels_after"] for r in rows if r["type"] == "conv"] == [4, 8, 8, 6]
-    assert rows[-1] == {"name": "classifier.1", "type": "linear", "in_features_before": 48, "in_features_after": 24}
-    params_after, macs_after = fp.count_params(model), fp.count_macs(model, (3, 16, 16))
-    assert params_after < 0.5 * params_before and macs_after < 0.5 * macs_before
-
-
-def test_filter_prune_removing_dead_filters_keeps_the_function():
-    """Filters that are exactly zero (with BN gamma/beta 0) are the ones removed; the output is unchanged."""
-    model = VGGLike(bias=False).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                dead = torch.arange(m.out_channels) % 2 == 1
-                m.weight[dead] = 0
-            if isinstance(m, nn.BatchNorm2d):
-                dead = torch.arange(m.num_features) % 2 == 1
-                m.weight[dead] = 0
-                m.bias[dead] = 0
-    x = torch.randn(3, 3, 16, 16)
-    y = model(x)
-    fp.prune_filters(model, 0.5)
-    assert [c.out_channels for c in convs_of(model)] == [4, 8, 8, 6]
-    torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
-
-
-def test_filter_prune_keep_last_conv_and_masked_layers():
-    model = to_masked(VGGLike())
-    first = model.features[0][0]
-    with torch.no_grad():
-        first.weight_mask[0, 0] = 0
-    fp.prune_filters(model, 0.5, keep_last_conv=True)
-    convs = convs_of(model)
-    assert [c.out_channels for c in convs] == [4, 8, 8, 12]
-    assert all(isinstance(c, MaskedConv2d) for c in convs) and isinstance(model.classifier[1], MaskedLinear)
-    assert model.classifier[1].in_features == 48  # the last conv kept all its maps
-    assert convs[-1].in_channels == 8
-    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
-
-
-def test_filter_prune_zoo_vgg11_through_the_engine(tmp_path):
-    model = zoo.MODELS["vgg11"][0]((3, 8, 8), 4, width=0.25, seed=0)
-    method = fp.FilterPrune()
-    opts = opts_for(method, ratio=0.5)
-    method.check(model, opts)
-    ctx = make_ctx(tmp_path, epochs=1)
-    out = method.apply(model, ctx, opts)
-    res = ctx.results
-    assert res["params_after"] < 0.5 * res["params_before"]
-    assert res["macs_after"] < 0.5 * res["macs_before"]
-    assert res["macs_before"] == zoo_count_macs(zoo.MODELS["vgg11"][0]((3, 8, 8), 4, width=0.25, seed=0),
-                                                (3, 8, 8))["dense"]
-    assert [c.out_channels for c in convs_of(out)] == [8, 16, 32, 32, 64, 64, 64, 64]
-    assert out.classifier.fc.in_features == 64
-    assert out(torch.randn(2, 3, 8, 8)).shape == (2, 4)
-    assert "val_accuracy_before_finetune" in res
-
-
-def test_filter_prune_refuses_non_sequential_nets():
-    method = fp.FilterPrune()
-    opts = opts_for(method)
-
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-            self.fc = nn.Linear(8, 2)
-
-        def forward(self, x):
-            x = self.conv1(x)
-            x = x + self.conv2(x)
-            return self.fc(x.mean((2, 3)))
-
-    with pytest.raises(UserError, match="residual"):
-        method.check(Residual(), opts)
-    with pytest.raises(UserError, match="residual"):
-        method.check(zoo.MODELS["resnet20"][0]((3, 8, 8), 4, seed=0), opts)
-    with pytest.raises(UserError, match="residual|depthwise"):
-        method.check(zoo.MODELS["mobilenetv2"][0]((3, 8, 8), 4, seed=0), opts)
-    with pytest.raises(UserError, match="no nn.Conv2d"):
-        method.check(zoo.MODELS["lenet300"][0]((1, 8, 8), 4, seed=0), opts)
-    depthwise = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(), nn.LazyLinear(2))
-    with pytest.raises(UserError, match="depthwise"):
-        method.check(depthwise, opts)
-    with pytest.raises(UserError):
-        opts_for(method, ratio=0.96)
+# filter-prune on the channel graph: tests/test_filter_prune.py
 
 
 # --------------------------------------------------------------------------- registration

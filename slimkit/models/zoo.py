@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from slimkit import hookimpl
-from slimkit.models import lenet, mobilenet, resnet, vgg
+from slimkit.models import lenet, mobilenet, resnet, vgg, vit
 
 # name -> (factory, one-line summary)
 MODELS = {
@@ -23,11 +23,13 @@ MODELS = {
     "resnet18": (resnet.resnet18, "ResNet-18 (He et al. 2016) with a CIFAR stem (3x3 conv, no max pool); option width"),
     "mobilenetv2": (mobilenet.mobilenetv2, "MobileNetV2 (Sandler et al. 2018), stride-1 stem for small images; "
                                            "options width, dropout"),
+    "vit": (vit.vit, "Small vision transformer (Dosovitskiy et al. 2021): patch embedding, class token, pre-norm "
+                     "blocks with multi-head self-attention; options dim, depth, heads, patch, mlp_ratio"),
 }
 
 # Every custom module class the zoo's models contain.
 MODULES = (lenet.LeNet300, lenet.LeNet5, vgg.VGG, resnet.BasicBlock, resnet.ResNet, mobilenet.InvertedResidual,
-           mobilenet.MobileNetV2)
+           mobilenet.MobileNetV2, vit.LayerNorm, vit.Attention, vit.Block, vit.ViT)
 
 
 @hookimpl
