@@ -354,3 +354,21 @@ def test_interrupt_promise(point, args, tmp_path):
         assert published == [], published  # nothing was moved into --out
         leftovers = [p for p in ws.rglob("*.tmp")]
         assert leftovers == [], leftovers
+
+
+def test_corrupt_checkpoint_on_resume_is_one_line(tmp_path, capsys, monkeypatch):
+    """A resume whose checkpoint is damaged says which file and what to do; the file is kept
+    (it is the user's to delete), and nothing half-written or temporary is left."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    monkeypatch.chdir(ws)
+    _interrupted_run(ws)
+    checkpoints = ws / "out" / ".work" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for label in ("baseline-0", "prune-0"):  # whichever stage resumes first meets a damaged file
+        write(checkpoints / f"{label}.pt", b"PK\x03\x04 truncated zip")
+    code, err = run_in_process(["compress", "--set", "sparsity=0.5", "--epochs", "1", "--baseline-epochs", "1",
+                                "--resume", "--no-latency", "--quiet", "--out", ws / "out"], capsys)
+    assert_promise(code, err, 2, ("checkpoint", "unreadable", "without --resume"))
+    assert (checkpoints / "prune-0.pt").read_bytes() == b"PK\x03\x04 truncated zip"
+    assert not list(ws.rglob("*.tmp")) and not (ws / "out" / "report.json").exists()
