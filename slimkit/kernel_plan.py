@@ -98,23 +98,13 @@ def kernel_choice(module: nn.Module, example_macs: int, batch: int, sparse_weigh
     # (what sparse_linear compares with its floor) are batch x the per-example ones
     positions, call_macs = example_macs // max(math.prod(sw.shape), 1), batch * example_macs
     dense_op = "dense conv2d" if is_conv else "dense F.linear"
-    if not sw.uses_sparse:
-        choice = {"kernel": "dense", "reason": f"sparsity {sw.sparsity:.1%} < {sw.min_sparsity:.0%}: {dense_op}"}
-    elif is_conv and positions < conv.SPARSE_MIN_POSITIONS:
-        choice = {"kernel": "dense", "reason": f"output plane of {positions} positions < "
-                                               f"{conv.SPARSE_MIN_POSITIONS}: {dense_op}"}
-    elif not is_conv and call_macs < linear.SPARSE_LINEAR_MIN_MACS:
-        choice = {"kernel": "dense", "reason": f"{call_macs:,} MACs per call < {linear.SPARSE_LINEAR_MIN_MACS:,}: "
-                                               f"{dense_op}"}
-    else:
+    work = positions if is_conv else call_macs
+    ok, why = sw.runs_sparse(work), sw.kernel_reason(work)  # the op's own decision, not a copy of it
+    if ok:
         ok, why_not = _native("slimkit::sparse_conv2d" if is_conv else "slimkit::sparse_linear", sw.values.dtype)
-        if not ok:
-            choice = {"kernel": "dense", "reason": f"{why_not}: {dense_op}"}
-        else:
-            work = (f"{positions} output positions" if is_conv else
-                    f"{call_macs:,} MACs per call")
-            choice = {"kernel": "sparse", "reason": f"sparsity {sw.sparsity:.1%} >= {sw.min_sparsity:.0%}, {work}: "
-                                                    f"sparse_{'conv2d' if is_conv else 'linear'}"}
+        why = why if ok else why_not
+    choice = {"kernel": "sparse" if ok else "dense",
+              "reason": f"{why}: {'sparse_conv2d' if is_conv else 'sparse_linear'}" if ok else f"{why}: {dense_op}"}
     if is_sparse_layer(module):
         return choice
     return {"kernel": "dense", "reason": f"{type(module).__name__}, not converted to CSR: {dense_op}",

@@ -249,6 +249,8 @@ class SparseConvWeight(CSRWeight):
 
     rank = 4
     shape_doc = "(out, in, kh, kw)"
+    min_work = SPARSE_MIN_POSITIONS
+    work_unit = "output positions"
     kernel_doc = "direct sparse convolution"
     dense_doc = "dense conv2d"
 
@@ -289,7 +291,7 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
     stride, pad, dilation = _conv_args(stride, padding, dilation, sparse_weight.shape[2:])
     needs_grad = torch.is_grad_enabled() and (input.requires_grad or (bias is not None and bias.requires_grad))
     if (not sparse_weight.uses_sparse or needs_grad or pad is None or input.dim() not in (3, 4)
-            or _positions(input, sparse_weight.shape, stride, pad, dilation) < SPARSE_MIN_POSITIONS
+            or not sparse_weight.runs_sparse(_positions(input, sparse_weight.shape, stride, pad, dilation))
             or not _native(input, "sparse_conv2d")):
         return sparse_conv2d_reference(input, sparse_weight, bias, stride, padding, dilation)
     w = sparse_weight

@@ -64,6 +64,24 @@ class CSRWeight:
     def default_min_sparsity(cls, shape) -> float:
         raise NotImplementedError
 
+    #: The least work per call (in ``work_unit``) for which the sparse kernel pays (measured).
+    min_work = 0
+    work_unit = "MACs per call"
+
+    def runs_sparse(self, work: int) -> bool:
+        """Whether a call doing ``work`` runs the sparse kernel, as far as the weight decides:
+        its sparsity and the per-call floor. The op adds what only a call knows (the backend
+        for the input's device, autograd); ``slimkit info``'s kernel plan asks the same."""
+        return self.uses_sparse and work >= self.min_work
+
+    def kernel_reason(self, work: int) -> str:
+        """Why :meth:`runs_sparse` answers as it does for ``work``."""
+        if not self.uses_sparse:
+            return f"sparsity {self.sparsity:.1%} < {self.min_sparsity:.0%}"
+        if work < self.min_work:
+            return f"{work:,} {self.work_unit} < {self.min_work:,}"
+        return f"sparsity {self.sparsity:.1%} >= {self.min_sparsity:.0%}, {work:,} {self.work_unit}"
+
     def call_floor_note(self) -> str:
         """What ``reason`` adds for a sparse weight whose op still runs dense on some calls
         (too little work per call); "" when there is no such floor."""

@@ -57,6 +57,8 @@ class SparseLinearWeight(CSRWeight):
 
     rank = 2
     shape_doc = "(out_features, in_features)"
+    min_work = SPARSE_LINEAR_MIN_MACS
+    work_unit = "MACs per call"
     kernel_doc = "sparse linear kernel"
     dense_doc = "dense F.linear"
 
@@ -119,8 +121,8 @@ def sparse_linear(input, sparse_weight: SparseLinearWeight, bias=None):
     if not isinstance(sparse_weight, SparseLinearWeight):
         raise TypeError(f"sparse_linear expects a SparseLinearWeight, got {type(sparse_weight).__name__} "
                         "(build one with SparseLinearWeight.from_dense(weight))")
-    if (not sparse_weight.uses_sparse or input.dim() == 0 or input.dtype != sparse_weight.values.dtype
-            or input.numel() * sparse_weight.shape[0] < SPARSE_LINEAR_MIN_MACS
+    if (input.dim() == 0 or input.dtype != sparse_weight.values.dtype
+            or not sparse_weight.runs_sparse(input.numel() * sparse_weight.shape[0])
             or (torch.is_grad_enabled() and (input.requires_grad or (bias is not None and bias.requires_grad)))
             or not _native(input)):
         return sparse_linear_reference(input, sparse_weight, bias)
