@@ -292,6 +292,17 @@ def export(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="The --out directory of a finished compress run."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Where to write (default RUN_DIR/report.html)."),
+):
+    """Write RUN_DIR/report.html again from the run's files (report.json, metrics.jsonl, model.slim...)."""
+    from slimkit.reports import write_report
+
+    out.print(f"wrote {write_report(run_dir, out_file)}", markup=False)
+
+
+@app.command()
 def methods(as_json: bool = typer.Option(False, "--json")):
     """List compression methods and their options."""
     from slimkit.plugins import get_registry

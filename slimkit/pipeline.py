@@ -27,6 +27,7 @@ from slimkit.measure import measure_latency, model_stats
 from slimkit.modelio import classify, load_python_model, load_torchscript
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
+from slimkit.reports import run_provenance, write_report_html
 from slimkit.train import Trainer, seed_everything
 
 
@@ -330,16 +331,18 @@ class Run:
             "sparse_inference": sparse_layers,
             "seconds": seconds,
             "accuracy_note": "accuracy on the test split, from the artifact loaded back from disk",
+            **run_provenance(cfg, self.device),
         }
         _atomic_write(self.work / "report.json", json.dumps(report, indent=2, default=_json_default))
         training_curves(history, self.work / "training_curves.png", f"{cfg.model} on {self.bundle.name}")
+        write_report_html(self.work, log=self.log)  # report.html from the files just written
         self.report = report
         return report
 
     def _publish(self) -> None:
         """Move the finished files from the work dir into OUT, each by an atomic rename."""
         self.out.mkdir(parents=True, exist_ok=True)
-        for name in ("model.slim", "baseline.slim", "metrics.jsonl", "training_curves.png"):
+        for name in ("model.slim", "baseline.slim", "metrics.jsonl", "training_curves.png", "report.html"):
             src = self.work / name
             if src.exists():
                 os.replace(src, self.out / name)
