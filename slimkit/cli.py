@@ -160,7 +160,7 @@ def print_summary(report: dict, out_path: Path) -> None:
     out.print(table)
     for s in report["stages"]:
         out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %, {s['seconds']:.1f} s")
-    out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}")
+    out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}, {out_path / 'report.html'}")
 
 
 @app.command()
@@ -289,6 +289,34 @@ def export(
               f"{', '.join(map(str, result['input_shape']))}]); {check}", markup=False)
     for note in result["notes"]:
         out.print(f"note: {note}", markup=False)
+
+
+@app.command()
+def sensitivity(
+    model: str = typer.Option("lenet300", help="Zoo name (baseline trained and cached as by compress) or .slim file."),
+    data: str = typer.Option("digits", help="Data set; accuracies are on its validation split."),
+    method: str = typer.Option("prune", "--method", "-m", help="prune or lowrank (any method with per-layer levels)."),
+    levels: Optional[str] = typer.Option(None, help="Comma-separated levels in (0, 1) (default 0.1,...,0.9,0.95)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Method option KEY=VALUE (e.g. keep_last=true)."),
+    model_opt: Optional[List[str]] = typer.Option(None, "--model-opt", help="Zoo model option KEY=VALUE."),
+    baseline_epochs: int = typer.Option(20, help="Epochs to train a zoo baseline."),
+    seed: int = typer.Option(0, help="Seed of the split and the baseline."),
+    batch_size: int = typer.Option(64, help="Batch size of the baseline's training."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/sensitivity-<model>-<method>)."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """Compress each layer alone at each level (no fine-tuning), measure validation accuracy; resumable."""
+    from slimkit.sensitivity import parse_levels, run_command
+
+    result = run_command(model=model, data=data, method=method, levels=parse_levels(levels), out=out_dir,
+                         set_pairs=_pairs(set_, "--set"), model_options=_model_options(model_opt),
+                         baseline_epochs=baseline_epochs, seed=seed, batch_size=batch_size, quiet=quiet,
+                         log=out.print if not quiet else (lambda _m: None))
+    if not quiet:
+        sens = result["sensitivity"]
+        out.print(f"wrote {result['out']}/sensitivity.csv, sensitivity.json, sensitivity.svg "
+                  f"({len(sens['layers'])} layers x {len(sens['levels'])} levels, {sens['cells_computed']} computed "
+                  f"now, {sens['seconds']:.1f} s)", markup=False)
 
 
 @app.command()

@@ -516,6 +516,8 @@ def write_results(grid: Grid, rows: list[dict]) -> None:
     _atomic_text(grid.out / "results.csv", buf.getvalue())
     _atomic_text(grid.out / "results.md", markdown(grid, rows))
     plots(grid, rows)
+    from slimkit.reports.results import write_results_html  # the sortable table and Pareto plots
+    write_results_html(rows, grid.out, title=f"Sweep results: {grid.path.name}")
 
 
 def _atomic_text(path: Path, text: str) -> None:
