@@ -415,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     from slimkit.train import Interrupted
 
     err = Console(stderr=True, highlight=False)
+    from slimkit.reports.provenance import set_command
+
+    set_command(sys.argv[1:] if argv is None else argv)  # recorded in report.json as the run's command
     try:
         code = app(args=argv, standalone_mode=False, prog_name="slimkit")
     except UserError as exc:

@@ -22,16 +22,23 @@ def _num(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".")
 
 
-def fmt_tick(v: float) -> str:
-    """A tick label: integers plain, small and large magnitudes in short scientific form."""
+def fmt_tick(v: float, step: float | None = None) -> str:
+    """A tick label: integers plain, small and large magnitudes in short scientific form;
+    with ``step`` (the tick spacing) just enough decimals to tell neighbours apart."""
     if v == 0:
         return "0"
     a = abs(v)
     if a >= 1e5 or a < 1e-3:
         return f"{v:.1e}".replace("e+0", "e").replace("e-0", "e-")
+    if step is not None and 0 < step < 1:
+        return f"{v:.{min(6, -math.floor(math.log10(step) + 1e-9))}f}"
     if float(v).is_integer():
         return f"{int(v)}"
     return f"{v:.3g}"
+
+
+def _step(ticks: list[float]) -> float | None:
+    return ticks[1] - ticks[0] if len(ticks) > 1 else None
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -88,18 +95,20 @@ class Axes:
                  [10 ** self.xlim[0], 10 ** self.xlim[1]]
         else:
             xt = nice_ticks(*self.xlim)
+        xstep = None if self.logx else _step(xt)
         for t in xt:
             px = self.x(t)
             if x0 - 0.5 <= px <= x1 + 0.5:
                 out.append(f'<line x1="{_num(px)}" y1="{y0}" x2="{_num(px)}" y2="{y1}" stroke="#eee"/>')
                 out.append(f'<text x="{_num(px)}" y="{y1 + 13}" font-size="10" text-anchor="middle" {_FONT}>'
-                           f'{escape(fmt_tick(t))}</text>')
-        for t in nice_ticks(*self.ylim):
+                           f'{escape(fmt_tick(t, xstep))}</text>')
+        yt = nice_ticks(*self.ylim)
+        for t in yt:
             py = self.y(t)
             if y0 - 0.5 <= py <= y1 + 0.5:
                 out.append(f'<line x1="{x0}" y1="{_num(py)}" x2="{x1}" y2="{_num(py)}" stroke="#eee"/>')
                 out.append(f'<text x="{x0 - 4}" y="{_num(py + 3)}" font-size="10" text-anchor="end" {_FONT}>'
-                           f'{escape(fmt_tick(t))}</text>')
+                           f'{escape(fmt_tick(t, _step(yt)))}</text>')
         out.append(f'<text x="{(x0 + x1) / 2}" y="{self.height - 4}" font-size="11" text-anchor="middle" '
                    f'{_FONT}>{escape(xlabel)}</text>')
         out.append(f'<text x="12" y="{(y0 + y1) / 2}" font-size="11" text-anchor="middle" {_FONT} '
@@ -187,14 +196,18 @@ def histogram_chart(name: str, bins: Sequence[float], layers: Sequence[dict], *,
         pts = " ".join(f"{_num(ax.x(x))},{_num(ax.y(min(y, top * 1.05)))}" for x, y in zip(centres, curve))
         body.append(f'<polyline points="{pts}" fill="none" stroke="#000" stroke-width="1"/>')
         legend.append((curve_label or "density", "#000", False))
+    # Few markers: dashed lines across the plot; many (a 256-entry codebook): short ticks
+    # along the axis, which stay readable.
+    y_top = ax.top if len(markers) <= 16 else ax.height - ax.bottom - 8
     for m in markers:
         if bins[0] <= m <= bins[-1]:
             px = _num(ax.x(m))
-            body.append(f'<line class="marker" x1="{px}" y1="{ax.top}" x2="{px}" y2="{ax.height - ax.bottom}" '
+            body.append(f'<line class="marker" x1="{px}" y1="{y_top}" x2="{px}" y2="{ax.height - ax.bottom}" '
                         f'stroke="#d62728" stroke-width="0.8" stroke-dasharray="2 2"><title>{m:.5g}</title></line>')
     if markers:
         legend.append(("centroids / means", "#d62728", True))
-    body += _legend(legend, ax.width - ax.right - 110, ax.top + 9)
+    if len(legend) > 1:  # one series: the title says what it is
+        body += _legend(legend, ax.width - ax.right - 110, ax.top + 9)
     return _svg(name, width, height, body, title)
 
 
@@ -273,7 +286,14 @@ def scatter_chart(name: str, points: Sequence[dict], *, xlabel: str, ylabel: str
     if not pts:
         return ""
     xs, ys = [p["x"] for p in pts], [p["y"] for p in pts]
-    ax = Axes(width, height, (min(xs), max(xs)), (min(ys), max(ys)), logx=logx)
+    # a margin around the points, so that none sits on the frame
+    if logx:
+        lo, hi = math.log10(max(min(xs), 1e-12)), math.log10(max(max(xs), 1e-12))
+        xlim = (10 ** (lo - 0.05 * (hi - lo or 1)), 10 ** (hi + 0.05 * (hi - lo or 1)))
+    else:
+        xlim = (min(xs) - 0.05 * (max(xs) - min(xs) or 1), max(xs) + 0.05 * (max(xs) - min(xs) or 1))
+    ylim = (min(ys) - 0.05 * (max(ys) - min(ys) or 1), max(ys) + 0.05 * (max(ys) - min(ys) or 1))
+    ax = Axes(width, height, xlim, ylim, logx=logx)
     body = ax.frame(xlabel, ylabel, title)
     front = sorted((p for p in pts if p.get("front")), key=lambda p: p["x"])
     if len(front) > 1:

@@ -8,7 +8,7 @@ The page has no external resource: CSS, a few lines of JavaScript (table sorting
 every figure (SVG) are inline, so it works opened from disk with no network.
 
 Every number taken from report.json is shown in an element with ``data-key`` (its
-path in report.json, e.g. ``final.accuracy``) and ``data-value`` (the exact value), so
+path in report.json, e.g. ``final/accuracy``) and ``data-value`` (the exact value), so
 that a test can compare the page with the file.
 """
 from __future__ import annotations
@@ -36,22 +36,32 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em} .muted{colo
 tr.front td{background:#fff3f0} .scroll{max-height:38em;overflow:auto}
 """
 
+# Click a header to sort by it (again: the other way). A link ending in #sort=TABLE:COLUMN
+# (or #sort=TABLE:COLUMN:desc) opens the page sorted; the page marks <body data-ready>
+# when the script has run, which the browser test checks.
 SORT_JS = """
+function sortTable(t,i,asc){
+  var body=t.tBodies[0], rows=Array.prototype.slice.call(body.rows);
+  function key(r){var c=r.cells[i]; if(!c) return null; var v=c.getAttribute('data-value');
+    if(v!==null && v!=='' && !isNaN(parseFloat(v))) return parseFloat(v);
+    var t=c.textContent.trim(); return (t===''||t==='\u2013')?null:t;}
+  rows.sort(function(a,b){var x=key(a),y=key(b);
+    if(x===null||y===null) return (x===null)-(y===null);  /* missing values last, either way */
+    if(typeof x==='number' && typeof y==='number') return asc?x-y:y-x;
+    return asc?String(x).localeCompare(String(y)):String(y).localeCompare(String(x));});
+  rows.forEach(function(r){body.appendChild(r);});
+  t.querySelectorAll('th').forEach(function(h,j){h.setAttribute('data-dir',j===i?(asc?'asc':'desc'):'');});
+}
 document.querySelectorAll('table.sortable').forEach(function(t){
   t.querySelectorAll('th').forEach(function(th,i){
     th.classList.add('sortable');
-    th.addEventListener('click',function(){
-      var body=t.tBodies[0], rows=Array.prototype.slice.call(body.rows);
-      var asc=th.getAttribute('data-dir')!=='asc'; th.setAttribute('data-dir',asc?'asc':'desc');
-      function key(r){var c=r.cells[i]; if(!c) return ''; var v=c.getAttribute('data-value');
-        if(v!==null && v!=='' && !isNaN(parseFloat(v))) return parseFloat(v); return c.textContent.trim();}
-      rows.sort(function(a,b){var x=key(a),y=key(b);
-        if(typeof x==='number' && typeof y==='number') return asc?x-y:y-x;
-        return asc?String(x).localeCompare(String(y)):String(y).localeCompare(String(x));});
-      rows.forEach(function(r){body.appendChild(r);});
-    });
+    th.addEventListener('click',function(){sortTable(t,i,th.getAttribute('data-dir')!=='asc');});
   });
 });
+(function(){var m=/#sort=([^:]+):([^:]+)(:desc)?$/.exec(decodeURIComponent(location.hash)); if(!m) return;
+  var t=document.getElementById(m[1]); if(!t) return;
+  t.querySelectorAll('th').forEach(function(th,i){if(th.textContent.trim()===m[2]) sortTable(t,i,!m[3]);});})();
+document.body.setAttribute('data-ready','1');
 """
 
 
@@ -153,8 +163,8 @@ def _summary(report: dict) -> list[str]:
             (fv > bv) if smaller else (fv < bv))
         cls = "better" if good else "worse" if bad else ""
         rows.append([f"<td>{escape(label)}</td>",
-                     cell(fmt(bv) if bv is not None else "–", bv, f"baseline.{key}", True),
-                     cell(fmt(fv) if fv is not None else "–", fv, f"final.{key}", True),
+                     cell(fmt(bv) if bv is not None else "–", bv, f"baseline/{key}", True),
+                     cell(fmt(fv) if fv is not None else "–", fv, f"final/{key}", True),
                      f'<td class="n {cls}">{escape(change)}</td>'])
     rows.append(["<td>compression ratio (file bytes)</td>", "<td></td>",
                  cell(f"{report['compression_ratio']:.2f}x", report["compression_ratio"], "compression_ratio", True),
@@ -179,7 +189,7 @@ def _header(report: dict) -> list[str]:
     if report.get("config"):
         out += ['<p class="muted">The run as a recipe (<code>slimkit compress --recipe FILE</code>):</p>',
                 f"<pre id=\"recipe\">{escape(as_recipe(report['config'], report.get('methods', [])))}</pre>"]
-    split = [cell(f"{ds.get(k, 0):,}", ds.get(k), f"dataset.{k}", True) for k in ("train", "val", "test")]
+    split = [cell(f"{ds.get(k, 0):,}", ds.get(k), f"dataset/{k}", True) for k in ("train", "val", "test")]
     out += ["<h2>Data</h2>", f"<p>{escape(ds.get('description', ''))}</p>",
             table(["train", "validation", "test"], [split], sortable=False, name="split")]
     machine = report.get("machine")
@@ -204,8 +214,8 @@ def _stages(report: dict) -> list[str]:
     for i, s in enumerate(report.get("stages", [])):
         opts = ", ".join(f"{k}={v}" for k, v in (s.get("options") or {}).items() if v is not None)
         rows.append([cell(i + 1, i + 1), cell(s["method"]), cell(opts),
-                     cell(pct(s.get("accuracy")), s.get("accuracy"), f"stages.{i}.accuracy", True),
-                     cell(f"{s.get('seconds', 0):.1f}", s.get("seconds"), f"stages.{i}.seconds", True),
+                     cell(pct(s.get("accuracy")), s.get("accuracy"), f"stages/{i}/accuracy", True),
+                     cell(f"{s.get('seconds', 0):.1f}", s.get("seconds"), f"stages/{i}/seconds", True),
                      cell(_scalar_results(s))])
     if not rows:
         return []
@@ -281,7 +291,7 @@ def _layers(before: dict | None, after: dict, sparse_layers) -> list[str]:
               f'{after["tensor_bytes"]:,} bytes of tensors in a {after["size_bytes"]:,}-byte file '
               f'(dense fp32: {after["dense_fp32_bytes"]:,} bytes). Same numbers as '
               f'<code>slimkit info model.slim</code>.</p>')
-    return ["<h2>Layers</h2>", '<div class="scroll">' + table(headers, rows, name="layers") + "</div>", totals, note]
+    return ["<h2 id=\"layers\">Layers</h2>", '<div class="scroll">' + table(headers, rows, name="layers") + "</div>", totals, note]
 
 
 def sensitivity_section(sens: dict, chosen: dict | None = None, title: str = "Sensitivity") -> list[str]:
@@ -311,7 +321,7 @@ def _allocation(report: dict) -> list[str]:
         alloc = s.get("allocation")
         if not alloc:
             continue
-        rows = [[cell(name), cell(f"{lv:g}", lv, f"stages.{i}.allocation.levels.{name}", True),
+        rows = [[cell(name), cell(f"{lv:g}", lv, f"stages/{i}/allocation/levels/{name}", True),
                  cell(f"{alloc.get('predicted_loss', {}).get(name, 0) * 100:.2f} pt",
                       alloc.get("predicted_loss", {}).get(name), None, True)]
                 for name, lv in alloc["levels"].items()]
@@ -333,7 +343,7 @@ def _histograms(run_dir: Path, report: dict) -> list[str]:
     after = storage.load_model(final_path, registry).model
     before = storage.load_model(base_path, registry).model if base_path.exists() else None
     panels = layer_histograms(before, after)
-    out = ["<h2>Weights</h2>", '<p class="muted">Per layer: the weights of the baseline (grey) and the non-zero '
+    out = ["<h2 id=\"weights\">Weights</h2>", '<p class="muted">Per layer: the weights of the baseline (grey) and the non-zero '
            'weights of the result (blue); red dashed lines are shared values (codebook centroids, mixture '
            'means) where the result has them.</p>']
     for s in report.get("stages", []):

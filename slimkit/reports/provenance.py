@@ -14,13 +14,19 @@ from dataclasses import asdict, is_dataclass
 import torch
 
 
+_COMMAND: list[str] | None = None
+
+
+def set_command(args) -> None:
+    """Record the arguments the ``slimkit`` command line was given (called by ``slimkit.cli.main``)."""
+    global _COMMAND
+    _COMMAND = ["slimkit", *map(str, args)]
+
+
 def command_line() -> str:
-    """The command as typed: ``slimkit ...`` when run through the console script or ``-m slimkit``."""
-    argv = list(sys.argv)
-    prog = os.path.basename(argv[0]) if argv else ""
-    if prog in ("slimkit", "__main__.py") or prog.endswith("slimkit/__main__.py"):
-        argv[0] = "slimkit"
-    return shlex.join(argv)
+    """The command as typed (``slimkit ...``); the process's own command line when slimkit
+    runs as a library."""
+    return shlex.join(_COMMAND if _COMMAND is not None else sys.argv)
 
 
 def machine_info(device) -> dict:

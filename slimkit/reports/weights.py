@@ -80,18 +80,22 @@ def layer_histograms(before: nn.Module | None, after: nn.Module) -> list[dict]:
         prev_flat = prev.flatten() if prev is not None else torch.empty(0)
         lo, hi = _range(prev_flat, nonzero)
         bins = _edges(lo, hi)
-        series = []
+        # Before and after on shared bins but their own count axes: a pruned layer keeps
+        # few weights, which would be flat under the baseline's peak on one axis.
+        svg = ""
         if prev is not None:
-            series.append({"label": "before", "counts": _hist(prev_flat, bins[0], bins[-1]), "color": "#7f7f7f"})
-        series.append({"label": "after (non-zero)", "counts": _hist(nonzero, bins[0], bins[-1]),
-                       "color": "#1f77b4"})
+            svg = histogram_chart(f"hist-{i}-before", bins, [{"label": "before", "color": "#7f7f7f",
+                                                               "counts": _hist(prev_flat, bins[0], bins[-1])}],
+                                  title=f"{name}: before", width=260)
+        svg += histogram_chart(f"hist-{i}", bins, [{"label": "after (non-zero)", "color": "#1f77b4",
+                                                     "counts": _hist(nonzero, bins[0], bins[-1])}],
+                               title=f"{name}: after", width=260, markers=books.get(name, ()))
         zeros = flat.numel() - nonzero.numel()
         caption = f"{zeros:,} of {flat.numel():,} weights are zero after"
         if prev is not None and tuple(prev.shape) != tuple(w.shape):
             caption += f"; shape {tuple(prev.shape)} -> {tuple(w.shape)}"
         if name in books:
             caption += f"; {len(books[name])} shared values"
-        svg = histogram_chart(f"hist-{i}", bins, series, title=name, markers=books.get(name, ()))
         panels.append({"layer": name, "svg": svg, "zeros": zeros, "total": flat.numel(), "caption": caption})
     return panels
 
