@@ -182,6 +182,20 @@ class _CellLog:
         self.f.close()
 
 
+def _baseline_id(run, cfg) -> str:
+    """What identifies the model analysed: the baseline cache key of a zoo model (model, data,
+    seed, epochs, optimizer...), or a given file's path, size and modification time."""
+    from slimkit.pipeline import baseline_key
+
+    if run.source.kind == "zoo":
+        return f"zoo:{baseline_key(cfg, run.bundle)}"
+    path = Path(run.source.name)
+    if path.is_file():
+        st = path.stat()
+        return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{run.source.kind}:{run.source.name}"
+
+
 def run_command(*, model: str, data: str, method: str, levels: Sequence[float], out: str | None, set_pairs,
                 model_options: dict, baseline_epochs: int, seed: int, batch_size: int, quiet: bool,
                 log: Callable[[str], None]) -> dict:
@@ -201,13 +215,11 @@ def run_command(*, model: str, data: str, method: str, levels: Sequence[float], 
     layers = candidate_layers(m, probe, opts)
     main = run.dist.is_main
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ".work").mkdir(parents=True, exist_ok=True) if main else None
+        (out_dir / ".work").mkdir(parents=True, exist_ok=True)
     distributed.barrier(run.dist)
     base_model, info = run.baseline(out_dir / ".work" / "metrics.jsonl")
     settings = {"model": model, "model_options": model_options, "data": data, "seed": seed, "method": method,
-                "options": {k: v for k, v in opts.items()}, "baseline": info.get("cache_file") or info.get("source"),
-                "baseline_epochs": baseline_epochs}
+                "options": dict(opts), "baseline": _baseline_id(run, cfg)}
     cells_path = out_dir / CELLS_FILE
     done = _load_cells(cells_path, json.loads(json.dumps(settings, default=str))) if main else {}
     done = distributed.broadcast_object(run.dist, done)

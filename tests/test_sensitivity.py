@@ -140,3 +140,24 @@ def test_read_sensitivity_rejects_malformed_files(tmp_path):
     bad.write_text(json.dumps(_sens([[0.9, 0.8]], [10], [0.5])))
     with pytest.raises(UserError, match="1 layers x 1 levels"):
         read_sensitivity(bad)
+
+
+def test_sensitivity_command_writes_its_files_and_resumes_without_recomputing(tmp_path):
+    from conftest import cli
+
+    out = tmp_path / "sens"
+    args = ("sensitivity", "--model", "lenet300", "--baseline-epochs", "1", "--levels", "0.5,0.9", "--out", out,
+            "--quiet")
+    assert cli(*args) == 0
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert sens["cells_computed"] == 6 and len(sens["accuracy"]) == 3
+    assert len((out / "sensitivity.csv").read_text().splitlines()) == 1 + 6
+    assert 'data-figure="sensitivity"' in (out / "sensitivity.svg").read_text()
+    # as if interrupted after two cells: the settings line, the baseline and two cells survive
+    cells = out / ".cells.jsonl"
+    cells.write_text("\n".join(cells.read_text().splitlines()[:4]) + "\n")
+    assert cli(*args) == 0
+    again = json.loads((out / "sensitivity.json").read_text())
+    assert again["cells_computed"] == 4 and again["accuracy"] == sens["accuracy"]
+    assert cli(*args) == 0 and json.loads((out / "sensitivity.json").read_text())["cells_computed"] == 0
+    assert cli("sensitivity", "--method", "distill", "--out", tmp_path / "x", "--quiet") == 2
