@@ -128,7 +128,7 @@ def budgets_for_stage(ctx, model, method, opts: dict, target: float, sensitivity
     else:
         ctx.log(f"{method.name}: measuring sensitivity of {len(layers)} layer(s) x {len(ALLOCATION_LEVELS)} "
                 "levels on the validation split (no fine-tuning)")
-        sens = analyse(model, method, opts, ALLOCATION_LEVELS, lambda net: ctx.evaluate(net, "val"))
+        sens = analyse(model, method, opts, ALLOCATION_LEVELS, lambda net: ctx.evaluate(net, "val"), dist=ctx.dist)
         source = "measured in this stage"
     result = allocate(sens, target, layers)
     result["sensitivity_source"] = source

@@ -61,13 +61,17 @@ def candidate_layers(method, model, opts: dict) -> dict[str, int]:
 
 def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callable[[object], float], *,
             done: dict | None = None, on_cell: Callable[[str, float, float], None] | None = None,
-            progress=None) -> dict:
+            progress=None, dist=None) -> dict:
     """Accuracy with each layer alone compressed to each level; returns the sensitivity table.
 
     ``evaluate(model) -> accuracy`` (validation split). ``done``: ``{(layer, level): accuracy}``
     already measured (not recomputed). ``on_cell(layer, level, accuracy)`` is called after
-    each new cell (to persist it); ``progress.advance()`` once per cell.
+    each new cell (to persist it); ``progress.advance()`` once per cell. Under torchrun
+    (``dist.enabled``) the missing cells are sharded: rank ``r`` computes every
+    ``world_size``-th cell from ``r`` and one all-reduce gives every rank all of them.
     """
+    from slimkit import distributed
+
     done = dict(done or {})
     layers = candidate_layers(method, model, opts)
     baseline = done.get(("", 0.0))
@@ -75,15 +79,25 @@ def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callab
         baseline = evaluate(model)
         if on_cell:
             on_cell("", 0.0, baseline)
-    for name in layers:
-        for level in levels:
-            if (name, level) not in done:
-                work = method.compress_layer(copy.deepcopy(model), name, level, opts)
-                done[(name, level)] = evaluate(work)
-                if on_cell:
-                    on_cell(name, level, done[(name, level)])
-            if progress is not None:
-                progress.advance(status=f"{name} @ {level:g}")
+    todo = [(n, lv) for n in layers for lv in levels if (n, lv) not in done]
+    if progress is not None:
+        progress.advance(len(layers) * len(levels) - len(todo), status="finished earlier")
+    rank, world = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
+    mine = todo[rank::world]
+    own = set(mine)
+    for name, level in mine:
+        work = method.compress_layer(copy.deepcopy(model), name, level, opts)
+        done[(name, level)] = evaluate(work)
+        if on_cell:
+            on_cell(name, level, done[(name, level)])
+        if progress is not None:
+            progress.advance(world, status=f"{name} @ {level:g}")
+    if world > 1:
+        sums = distributed.all_reduce_sum(dist, [done[c] if c in own else 0.0 for c in todo])
+        for c, acc in zip(todo, sums):
+            done[c] = acc
+            if on_cell and c not in own:
+                on_cell(c[0], c[1], acc)
     return {"method": method.name, "levels": list(levels), "layers": list(layers),
             "weights": [layers[n] for n in layers], "baseline_accuracy": baseline,
             "accuracy": [[done[(n, lv)] for lv in levels] for n in layers],
@@ -235,7 +249,7 @@ def run_command(*, model: str, data: str, method: str, levels: Sequence[float], 
     try:
         with run.reporter.bar("sensitivity", total) as bar:
             sens = analyse(base_model, m, opts, levels, lambda net: trainer.evaluate(net, run.bundle, "val"),
-                           done=done, on_cell=cell_log, progress=bar)
+                           done=done, on_cell=cell_log, progress=bar, dist=run.dist)
     finally:
         if cell_log:
             cell_log.close()
