@@ -161,3 +161,14 @@ def test_sensitivity_command_writes_its_files_and_resumes_without_recomputing(tm
     assert again["cells_computed"] == 4 and again["accuracy"] == sens["accuracy"]
     assert cli(*args) == 0 and json.loads((out / "sensitivity.json").read_text())["cells_computed"] == 0
     assert cli("sensitivity", "--method", "distill", "--out", tmp_path / "x", "--quiet") == 2
+    # the file drives a compress run's budgets (same cached baseline)
+    run = tmp_path / "run"
+    assert cli("compress", "--model", "lenet300", "--baseline-epochs", "1", "--epochs", "0", "-m", "prune", "--set",
+               "schedule=oneshot", "--set", "sparsity=0.6", "--set", "allocation=sensitivity", "--set",
+               f"sensitivity={out / 'sensitivity.json'}", "--no-latency", "--quiet", "--out", run) == 0
+    stage = json.loads((run / "report.json").read_text())["stages"][0]
+    assert stage["allocation"]["sensitivity_source"] == str(out / "sensitivity.json")
+    assert set(stage["allocation"]["levels"].values()) <= {0.0, 0.5, 0.9}
+    assert stage["zeros"] >= math.ceil(0.6 * stage["prunable_params"])
+    assert cli("compress", "--model", "lenet300", "--baseline-epochs", "1", "-m", "prune", "--set",
+               "sensitivity=x.json", "--quiet", "--out", tmp_path / "bad") == 2  # without allocation=sensitivity
