@@ -521,7 +521,8 @@ class LowRank(Method):
         k = choose_rank(torch.empty(0), "ratio", ratio=max(1.0 - level, 1e-6), full=full_rank(m))
         new = decompose_conv(m, k) if row["kind"] == "conv" else decompose_linear(m, k)
         new.train(m.training)
-        _replace(model, layer, new)
+        parent_name, _, child = layer.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         return model
 
     def check(self, model, opts: dict) -> None:
