@@ -11,10 +11,12 @@ AIMET, "Greedy Compression Ratio Selection", docs; the per-layer curves of Han e
 2015 and Li et al. 2017), which picks per-layer ratios from the same curves by a
 greedy search over an accuracy threshold. Here the choice is solved *exactly* as a
 multiple-choice knapsack (Sinha & Zoltners, "The multiple-choice knapsack problem",
-Operations Research 27(3), 1979) by dynamic programming over the removed weights,
-counted in units of ``sum n_i / RESOLUTION`` rounded *down* per layer: every choice the
-program accepts removes at least ``T`` of the weights in exact counts. The loss model
-treats layers as independent (additive losses), as every sensitivity method does.
+Operations Research 27(3), 1979) by dynamic programming over the Pareto front of
+(weights removed, summed loss), with the exact counts a level removes
+(``ceil(L n_i)``), so the choice removes at least ``ceil(T sum n_i)`` weights and no
+other choice of measured levels does so with a smaller predicted loss (uniform
+levels included). The loss model treats layers as independent (additive losses), as
+every sensitivity method does.
 
 Two adjustments keep the choice robust to noise in the measurements: a measured
 accuracy gain counts as no loss (``d >= 0``), and a curve is made non-decreasing in the
@@ -25,10 +27,10 @@ always a choice.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from slimkit.errors import UserError
 
-RESOLUTION = 4000
 #: Levels measured when the stage computes the sensitivity itself: the defaults of
 #: ``slimkit sensitivity`` and a finer high end, because a high global target (0.95)
 #: can be met only when some layers go above it.
@@ -68,40 +70,46 @@ def allocate(sens: dict, target: float, layers: dict[str, int] | None = None) ->
     levels = list(sens["levels"])
     if total == 0 or target <= 0:
         return _result(names, {n: 0.0 for n in names}, {n: 0.0 for n in names}, weights, target, sens)
-    unit = total / RESOLUTION
-    need = math.ceil(target * total / unit - 1e-9)
-    # choices per layer: (units removed, loss, level); level 0 removes nothing and loses nothing
-    choices = [[(0, 0.0, 0.0)] + [(math.floor(lv * w / unit), drops[index[n]][j], lv) for j, lv in enumerate(levels)]
+    need = removed_count(total, target)
+    # choices per layer: (weights removed, loss, level); level 0 removes nothing and loses nothing
+    choices = [[(0, 0.0, 0.0)] + [(removed_count(w, lv), drops[index[n]][j], lv) for j, lv in enumerate(levels)]
                for n, w in zip(names, weights)]
-    if sum(max(c[0] for c in ch) for ch in choices) < need:
-        top = max(levels)
-        raise UserError(f"allocation=sensitivity: the measured levels go up to {top:g}, which cannot remove "
+    reach = [0] * (len(choices) + 1)  # the most the layers from i on can still remove
+    for i in range(len(choices) - 1, -1, -1):
+        reach[i] = reach[i + 1] + max(c[0] for c in choices[i])
+    if reach[0] < need:
+        raise UserError(f"allocation=sensitivity: the measured levels go up to {max(levels):g}, which cannot remove "
                         f"{target:g} of the weights; measure higher levels (slimkit sensitivity --levels ...)")
-    inf = float("inf")
-    best = [0.0] + [inf] * need  # best[u]: least loss removing >= u units (capped at need) so far
-    picks: list[list[int]] = []
-    for ch in choices:
-        nxt = [inf] * (need + 1)
-        arg = [0] * (need + 1)
-        for u, loss in enumerate(best):
-            if loss == inf:
-                continue
-            for k, (units, d, _) in enumerate(ch):
-                v = min(need, u + units)
-                if loss + d < nxt[v] - 1e-15:
-                    nxt[v], arg[v] = loss + d, k * (need + 1) + u
-        picks.append(arg)
-        best = nxt
-    chosen: dict[str, float] = {}
-    loss_of: dict[str, float] = {}
-    u = need
-    for i in range(len(names) - 1, -1, -1):
-        k, u_prev = divmod(picks[i][u], need + 1)
-        _, d, lv = choices[i][k]
-        chosen[names[i]], loss_of[names[i]] = lv, d
-        u = u_prev
-    chosen = {n: chosen[n] for n in names}
-    return _result(names, chosen, {n: loss_of[n] for n in names}, weights, target, sens)
+    # Exact dynamic programming over the Pareto front of (weights removed, loss): a partial
+    # choice is kept only if no other removes at least as many weights for no more loss;
+    # removals beyond `need` count as `need`; a state that cannot reach `need` is dropped.
+    front = [(0, 0.0, ())]
+    for i, ch in enumerate(choices):
+        best: dict[int, tuple[float, tuple]] = {}
+        for removed, loss, picks in front:
+            for k, (r, d, _) in enumerate(ch):
+                v = min(need, removed + r)
+                if v + reach[i + 1] < need:
+                    continue
+                if v not in best or loss + d < best[v][0] - 1e-12:
+                    best[v] = (loss + d, picks + (k,))
+        front, lowest = [], math.inf
+        for v in sorted(best, reverse=True):
+            if best[v][0] < lowest - 1e-12:
+                front.append((v, best[v][0], best[v][1]))
+                lowest = best[v][0]
+    _, _, picks = next(f for f in front if f[0] == need)
+    chosen = {n: choices[i][k][2] for i, (n, k) in enumerate(zip(names, picks))}
+    losses = {n: choices[i][k][1] for i, (n, k) in enumerate(zip(names, picks))}
+    return _result(names, chosen, losses, weights, target, sens)
+
+
+def removed_count(n: int, level: float) -> int:
+    """Weights removed from ``n`` at ``level``: ``ceil(level x n)`` in exact decimal arithmetic,
+    the count ``prune`` removes (slimkit_plugins.prune.num_to_prune)."""
+    if n <= 0 or level <= 0:
+        return 0
+    return min(n, math.ceil(Fraction(repr(float(level))) * n))
 
 
 def _result(names, chosen, losses, weights, target, sens) -> dict:

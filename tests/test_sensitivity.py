@@ -99,7 +99,7 @@ def test_predicted_losses_are_clamped_and_monotone():
     assert predicted_losses(sens)[0] == pytest.approx([0.0, 0.05, 0.05, 0.4])
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_allocation_is_the_brute_force_optimum_and_meets_the_target(seed):
     rng = random.Random(seed)
     levels = [0.25, 0.5, 0.75, 0.9]
@@ -108,16 +108,26 @@ def test_allocation_is_the_brute_force_optimum_and_meets_the_target(seed):
     sens = _sens(acc, weights, levels)
     target = rng.uniform(0.3, 0.85)
     got = allocate(sens, target)
-    removed = sum(got["levels"][f"l{i}"] * w for i, w in enumerate(weights))
-    assert removed >= target * sum(weights) - 1e-9
+    need = math.ceil(target * sum(weights))
+    removed = sum(math.ceil(got["levels"][f"l{i}"] * w) for i, w in enumerate(weights))
+    assert removed >= need
     drops = predicted_losses(sens)
     best = min(sum(0.0 if lv == 0 else drops[i][levels.index(lv)] for i, lv in enumerate(combo))
                for combo in itertools.product([0.0, *levels], repeat=len(weights))
-               if sum(lv * w for lv, w in zip(combo, weights)) >= target * sum(weights))
-    # the program counts removed weights in units rounded down, so it may pay a little more
-    # than the exact optimum, never less, and never misses the target
-    assert got["predicted_total_loss"] >= best - 1e-12
-    assert got["predicted_total_loss"] <= best + 0.05
+               if sum(math.ceil(lv * w) for lv, w in zip(combo, weights)) >= need)
+    assert got["predicted_total_loss"] == pytest.approx(best, abs=1e-12)
+
+
+def test_allocation_never_predicts_more_loss_than_uniform_at_the_target():
+    """Uniform levels equal to the target meet it exactly; the optimum can only be as good or better."""
+    rng = random.Random(1)
+    levels = [0.5, 0.8, 0.95, 0.97]
+    weights = [235200, 30000, 1000]
+    sens = _sens([sorted((rng.uniform(0.5, 0.97) for _ in levels), reverse=True) for _ in weights], weights, levels,
+                 base=0.97)
+    got = allocate(sens, 0.95)
+    uniform = sum(row[levels.index(0.95)] for row in predicted_losses(sens))
+    assert got["predicted_total_loss"] <= uniform + 1e-12
 
 
 def test_allocation_prefers_the_insensitive_layer():
