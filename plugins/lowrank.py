@@ -416,6 +416,25 @@ class LowRank(Method):
                "on the training data (see the method's documentation)"),
     ]
 
+    def sensitivity_layers(self, model, opts: dict) -> dict[str, int]:
+        rows = select_layers(model, opts.get("layers", "conv"), opts.get("skip_first", True))
+        return {r["name"]: r["module"].weight.numel() for r in rows if r["eligible"]}
+
+    def compress_layer(self, model, layer: str, level: float, opts: dict):
+        """Decompose ``layer`` alone at rank ``K = ceil((1 - level) x full rank)`` (level: the
+        fraction of the rank removed), without BatchNorm or fine-tuning."""
+        row = next((r for r in select_layers(model, opts.get("layers", "conv"), opts.get("skip_first", True))
+                    if r["name"] == layer and r["eligible"]), None)
+        if row is None:
+            raise UserError(f"lowrank: layer {layer!r} cannot be decomposed in this model")
+        m = row["module"]
+        k = choose_rank(torch.empty(0), "ratio", ratio=max(1.0 - level, 1e-6), full=full_rank(m))
+        new = decompose_conv(m, k) if row["kind"] == "conv" else decompose_linear(m, k)
+        new.train(m.training)
+        parent_name, _, child = layer.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        return model
+
     def check(self, model, opts: dict) -> None:
         rows = select_layers(model, opts.get("layers", "conv"), opts.get("skip_first", True))
         eligible = [r for r in rows if r["eligible"]]

@@ -114,23 +114,39 @@ def _keep_smallest_removed(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def magnitude_masks(layers: Sequence[nn.Module], sparsity: float, scope: str = "layer") -> list[torch.Tensor]:
+def magnitude_masks(layers: Sequence[nn.Module], sparsity: float | Sequence[float],
+                    scope: str = "layer") -> list[torch.Tensor]:
     """New keep-masks (bool, shaped like each weight) pruning ``layers`` to ``sparsity`` by |w|.
 
     ``layers`` are masked layers (:class:`slimkit.nn.MaskedMixin`). Already-pruned
     weights are ranked lowest and stay pruned, so when the layers already hold more
     than ``sparsity`` zeros nothing is revived: the result is ``old & new``.
+    ``sparsity`` may be one value per layer (``scope="layer"`` only: per-layer budgets).
     """
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global', not {scope!r}")
+    per_layer = _per_layer(sparsity, len(layers))
+    if scope == "global" and len(set(per_layer)) > 1:
+        raise ValueError("per-layer sparsities need scope='layer'")
     scores = [_scores(m.weight, m.weight_mask) for m in layers]
     if scope == "layer":
-        keeps = [_keep_smallest_removed(s.reshape(-1), num_to_prune(s.numel(), sparsity)) for s in scores]
+        keeps = [_keep_smallest_removed(s.reshape(-1), num_to_prune(s.numel(), sp))
+                 for s, sp in zip(scores, per_layer)]
     else:
         flat = torch.cat([s.reshape(-1) for s in scores])
-        keep = _keep_smallest_removed(flat, num_to_prune(flat.numel(), sparsity))
+        keep = _keep_smallest_removed(flat, num_to_prune(flat.numel(), per_layer[0] if per_layer else 0.0))
         keeps = list(torch.split(keep, [s.numel() for s in scores]))
     return [k.view_as(m.weight) & (m.weight_mask != 0) for k, m in zip(keeps, layers)]
+
+
+def _per_layer(sparsity: float | Sequence[float], n: int) -> list[float]:
+    """One sparsity per layer from a single value or a sequence of ``n`` values."""
+    if isinstance(sparsity, (int, float)):
+        return [float(sparsity)] * n
+    values = [float(v) for v in sparsity]
+    if len(values) != n:
+        raise ValueError(f"{len(values)} sparsities for {n} layers")
+    return values
 
 
 def sync_masks(masks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -175,12 +191,13 @@ def _sparsity(layers: Sequence[nn.Module]) -> float:
     return zeros / total if total else 0.0
 
 
-def _reached(layers: Sequence[nn.Module], sparsity: float, scope: str) -> bool:
+def _reached(layers: Sequence[nn.Module], sparsity: float | Sequence[float], scope: str) -> bool:
     """Whether ``layers`` hold at least the zeros that pruning to ``sparsity`` in ``scope`` makes."""
     if scope == "global":
         zeros, total = _count(layers)
         return zeros >= num_to_prune(total, sparsity)
-    return all(_count([m])[0] >= num_to_prune(m.weight.numel(), sparsity) for m in layers)
+    return all(_count([m])[0] >= num_to_prune(m.weight.numel(), sp)
+               for m, sp in zip(layers, _per_layer(sparsity, len(layers))))
 
 
 # --------------------------------------------------------------------------- layers
@@ -338,8 +355,11 @@ class GradualPruning(KeepMasks):
 
     def __init__(self, layers: Sequence[nn.Module], *, final: float, initial: float = 0.0, scope: str = "layer",
                  epochs: int = 1, prune_steps: int = 0, frequency: int | None = None, sync: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, per_layer: Sequence[float] | None = None):
         super().__init__(layers, final)
+        # Per-layer budgets: layer i follows the schedule scaled to its own final level,
+        # s_t * f_i / s_f, so every layer ends exactly at f_i when the schedule ends.
+        self.per_layer = list(per_layer) if per_layer is not None else None
         self.initial, self.final, self.scope = initial, final, scope
         self.epochs, self.prune_steps, self.frequency = epochs, prune_steps, frequency
         self.sync = sync
@@ -358,6 +378,9 @@ class GradualPruning(KeepMasks):
                      f"(every {s.dt} steps, {s.n} updates, {s.total_steps} steps in all)")
 
     def prune_to(self, sparsity: float) -> None:
+        if self.per_layer is not None:
+            scale = sparsity / self.final if self.final > 0 else 0.0
+            sparsity = [min(f, f * scale) for f in self.per_layer]
         keeps = magnitude_masks(self.layers, sparsity, self.scope)
         if self.sync:
             keeps = sync_masks(keeps)
@@ -410,9 +433,31 @@ class MagnitudePrune(Method):
                "pruning ends at ~70% of the training steps)", min=0),
         Option("frequency", int, None, "gradual: optimizer steps Δt between mask updates (unset = auto: "
                "up to 4 an epoch, at least 10 in all where the run allows)", min=1),
+        Option("allocation", str, "uniform", "uniform: every layer gets `sparsity` (or one global threshold); "
+               "sensitivity: per-layer sparsities from a one-layer sensitivity analysis that remove at least "
+               "`sparsity` of the weights with the least predicted accuracy loss (slimkit.allocation)",
+               choices=("uniform", "sensitivity")),
+        Option("sensitivity", str, None, "allocation=sensitivity: read the sensitivity from this "
+               "sensitivity.json (slimkit sensitivity --method prune) instead of measuring it"),
     ]
 
+    def sensitivity_layers(self, model, opts: dict) -> dict[str, int]:
+        _, targets = select_layers(model, opts.get("keep_first", False), opts.get("keep_last", False))
+        return {name: m.weight.numel() for name, m in targets}
+
+    def compress_layer(self, model, layer: str, level: float, opts: dict):
+        model = to_masked(model)
+        module = dict(prunable_layers(model)).get(layer)
+        if not isinstance(module, MaskedMixin):
+            raise UserError(f"prune: the model has no prunable layer {layer!r}")
+        _set_masks([module], magnitude_masks([module], level))
+        return model
+
     def check(self, model, opts: dict) -> None:
+        if opts.get("allocation", "uniform") == "sensitivity" and opts.get("scope", "layer") == "global":
+            raise UserError("prune: allocation=sensitivity chooses a sparsity per layer; it needs scope=layer")
+        if opts.get("sensitivity") and opts.get("allocation", "uniform") != "sensitivity":
+            raise UserError("prune: sensitivity=FILE is used only with allocation=sensitivity")
         prunable, targets = select_layers(model, opts.get("keep_first", False), opts.get("keep_last", False))
         if not prunable:
             raise UserError("prune: the model has no prunable layers (nn.Conv2d or nn.Linear); "
@@ -435,9 +480,14 @@ class MagnitudePrune(Method):
         epochs = ctx.epochs if opts["epochs"] is None else opts["epochs"]
         sparsity, sync = opts["sparsity"], ctx.dist.enabled
         extra: dict = {}
+        per_layer = None
+        if opts["allocation"] == "sensitivity":
+            budgets = ctx.layer_budgets(model, self, opts, sparsity, sensitivity_file=opts["sensitivity"])
+            per_layer = [budgets[name] for name, _ in targets]
+        goal = per_layer if per_layer is not None else sparsity  # what every mask update prunes to
 
         if opts["schedule"] == "oneshot":
-            keeps = magnitude_masks(layers, sparsity, opts["scope"])
+            keeps = magnitude_masks(layers, goal, opts["scope"])
             if sync:
                 keeps = sync_masks(keeps)
             _set_masks(layers, keeps)
@@ -452,7 +502,7 @@ class MagnitudePrune(Method):
                                 "use schedule=oneshot to prune without training")
             callback = GradualPruning(layers, final=sparsity, initial=opts["initial_sparsity"],
                                       scope=opts["scope"], epochs=epochs, prune_steps=opts["prune_steps"],
-                                      frequency=opts["frequency"], sync=sync, log=ctx.log)
+                                      frequency=opts["frequency"], sync=sync, log=ctx.log, per_layer=per_layer)
             ctx.train(model, epochs=epochs, lr=opts["lr"], callbacks=[callback])
             if callback.schedule is not None:  # None when --resume found this training already finished
                 extra["schedule_details"] = callback.schedule.describe()
@@ -460,10 +510,10 @@ class MagnitudePrune(Method):
         # The stage must end at the target. The callbacks mark epochs before the end of
         # the schedule as not restorable; should the loop still hand back weights from
         # before the last pruning step, masks are completed here and the stage says so.
-        if not _reached(layers, sparsity, opts["scope"]):
+        if not _reached(layers, goal, opts["scope"]):
             ctx.log("prune: WARNING the trained model is less sparse than the target (the training loop "
                     "restored weights from before the end of pruning); pruning it to the target now")
-            keeps = magnitude_masks(layers, sparsity, opts["scope"])
+            keeps = magnitude_masks(layers, goal, opts["scope"])
             if sync:
                 keeps = sync_masks(keeps)
             _set_masks(layers, keeps)

@@ -168,6 +168,22 @@ class Method:
         """Compress ``model`` and return the compressed model (it may be a new object)."""
         raise NotImplementedError
 
+    # Optional: one layer at a time (``slimkit sensitivity``, ``allocation=sensitivity``).
+    # A method that implements both hooks can be analysed layer by layer and given
+    # per-layer budgets; the engine never needs to know how it compresses.
+    def sensitivity_layers(self, model, opts: dict) -> dict[str, int] | None:
+        """The layers this method can compress one at a time, as ``{name: weights}`` in
+        forward order, ``weights`` being what a level is a fraction of (the layer's weight
+        count). ``None`` (the default): the method has no per-layer levels."""
+        return None
+
+    def compress_layer(self, model, layer: str, level: float, opts: dict):
+        """Compress only ``layer`` (a name from :meth:`sensitivity_layers`) to ``level`` in
+        (0, 1), the fraction of the layer removed (``prune``: of its weights; ``lowrank``: of
+        its rank), with no training; return the model. The engine passes a copy, so it may
+        be changed in place."""
+        raise NotImplementedError(f"method {self.name!r} cannot compress a single layer")
+
     def parse_options(self, raw: dict) -> dict:
         """Validate user-given options against :meth:`all_options`; fill in defaults."""
         known = {o.name: o for o in self.all_options()}
@@ -266,6 +282,7 @@ class StageContext:
     log: Callable[[str], None] = print
     _trainer: Any = None
     _registry: Any = None
+    _budgets: Any = None  # the engine's per-layer allocation (slimkit.allocation.budgets_for_stage)
     results: dict = field(default_factory=dict)
 
     def train(self, model, *, epochs: int | None = None, lr: float | None = None, loss=None,
@@ -296,6 +313,17 @@ class StageContext:
     def build_model(self, name: str, **options):
         """Build a registered model for this run's input shape and classes (e.g. a student)."""
         return self._registry.build_model(name, self.data.input_shape, self.data.num_classes, **options).to(self.device)
+
+    def layer_budgets(self, model, method: "Method", opts: dict, target: float, *,
+                      sensitivity_file: str | None = None) -> dict[str, float]:
+        """Per-layer levels for ``method`` that remove at least ``target`` of the weights of
+        its :meth:`Method.sensitivity_layers` with the least predicted accuracy loss
+        (:mod:`slimkit.allocation`), from a sensitivity analysis of ``model`` on the
+        validation split or from ``sensitivity_file`` (a sensitivity.json). The choice and
+        the sensitivity go into this stage's report as ``allocation``."""
+        if self._budgets is None:
+            raise UserError(f"stage {self.stage}: per-layer allocation is not available outside a compress run")
+        return self._budgets(self, model, method, opts, target, sensitivity_file)
 
     def plot_path(self, name: str):
         """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""

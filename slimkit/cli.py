@@ -173,7 +173,7 @@ def print_summary(report: dict, out_path: Path) -> None:
         uplift = (f", {100 * s['kd_uplift']:+.2f} pt over its labels-only control"
                   if isinstance(s.get("kd_uplift"), (int, float)) else "")
         out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %{uplift}, {s['seconds']:.1f} s")
-    out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}")
+    out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}, {out_path / 'report.html'}")
 
 
 @app.command()
@@ -207,11 +207,8 @@ def train(
 ):
     """Train a zoo model from scratch and save it as a .slim file."""
     from slimkit import distributed, storage
-    from slimkit.data import load_data
-    from slimkit.plugins import get_registry
-    from slimkit.progress import Reporter
     from slimkit.pipeline import Run, RunConfig
-    from slimkit.train import Trainer, seed_everything
+    from slimkit.train import seed_everything
 
     cfg = RunConfig(model=model, data=data, methods=[], baseline_epochs=epochs, lr=lr, batch_size=batch_size,
                     optimizer=optimizer, seed=seed, quiet=quiet, model_options=_model_options(model_opt),
@@ -305,6 +302,46 @@ def export(
               f"{', '.join(map(str, result['input_shape']))}]); {check}", markup=False)
     for note in result["notes"]:
         out.print(f"note: {note}", markup=False)
+
+
+@app.command()
+def sensitivity(
+    model: str = typer.Option("lenet300", help="Zoo name (baseline trained and cached as by compress) or .slim file."),
+    data: str = typer.Option("digits", help="Data set; accuracies are on its validation split."),
+    method: str = typer.Option("prune", "--method", "-m", help="prune or lowrank (any method with per-layer levels)."),
+    levels: Optional[str] = typer.Option(None, help="Comma-separated levels in (0, 1) (default 0.1,...,0.9,0.95)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Method option KEY=VALUE (e.g. keep_last=true)."),
+    model_opt: Optional[List[str]] = typer.Option(None, "--model-opt", help="Zoo model option KEY=VALUE."),
+    baseline_epochs: int = typer.Option(20, help="Epochs to train a zoo baseline."),
+    seed: int = typer.Option(0, help="Seed of the split and the baseline."),
+    batch_size: int = typer.Option(64, help="Batch size of the baseline's training."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/sensitivity-<model>-<method>)."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """Compress each layer alone at each level (no fine-tuning), measure validation accuracy; resumable."""
+    from slimkit.sensitivity import parse_levels
+    from slimkit.sensitivity_run import run_command
+
+    result = run_command(model=model, data=data, method=method, levels=parse_levels(levels), out=out_dir,
+                         set_pairs=_pairs(set_, "--set"), model_options=_model_options(model_opt),
+                         baseline_epochs=baseline_epochs, seed=seed, batch_size=batch_size, quiet=quiet,
+                         log=out.print if not quiet else (lambda _m: None))
+    if not quiet:
+        sens = result["sensitivity"]
+        out.print(f"wrote {result['out']}/sensitivity.csv, sensitivity.json, sensitivity.svg "
+                  f"({len(sens['layers'])} layers x {len(sens['levels'])} levels, {sens['cells_computed']} computed "
+                  f"now, {sens['seconds']:.1f} s)", markup=False)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="The --out directory of a finished compress run."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Where to write (default RUN_DIR/report.html)."),
+):
+    """Write RUN_DIR/report.html again from the run's files (report.json, metrics.jsonl, model.slim...)."""
+    from slimkit.reports import write_report
+
+    out.print(f"wrote {write_report(run_dir, out_file)}", markup=False)
 
 
 @app.command()
@@ -414,6 +451,9 @@ def main(argv: list[str] | None = None) -> None:
     from slimkit.train import Interrupted
 
     err = Console(stderr=True, highlight=False)
+    from slimkit.reports.provenance import set_command
+
+    set_command(sys.argv[1:] if argv is None else argv)  # recorded in report.json as the run's command
     try:
         code = app(args=argv, standalone_mode=False, prog_name="slimkit")
     except UserError as exc:

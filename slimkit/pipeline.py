@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from slimkit import __version__, atomic, distributed, faults, storage
+from slimkit.allocation import budgets_for_stage
 from slimkit.api import StageContext
 from slimkit.config import RunConfig, validate_config  # RunConfig: imported from here too
 from slimkit.data import load_data
@@ -29,6 +30,7 @@ from slimkit.modelio import classify, load_python_model, load_torchscript
 from slimkit.nn import to_sparse_inference
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
+from slimkit.reports import run_provenance, write_report_html
 from slimkit.rundir import OutLock, check_resume_settings
 from slimkit.train import Trainer, seed_everything
 
@@ -136,7 +138,8 @@ class Run:
         return StageContext(stage=stage, data=self.bundle, device=self.device, dist=self.dist, out_dir=self.work,
                             seed=self.cfg.seed, epochs=self.cfg.epochs, lr=self.cfg.lr,
                             batch_size=self.cfg.batch_size, optimizer=self.cfg.optimizer, teacher=teacher,
-                            model_name=self.cfg.model, log=self.log, _trainer=trainer, _registry=self.registry)
+                            model_name=self.cfg.model, log=self.log, _trainer=trainer, _registry=self.registry,
+                            _budgets=budgets_for_stage)
 
     def header_info(self, model_name: str) -> dict:
         return {"model": model_name, "input_shape": list(self.bundle.input_shape),
@@ -358,9 +361,11 @@ class Run:
             "sparse_inference": sparse_layers,
             "seconds": seconds,
             "accuracy_note": "accuracy on the test split, from the artifact loaded back from disk",
+            **run_provenance(cfg, self.device),
         }
         _atomic_write(self.work / "report.json", json.dumps(report, indent=2, default=_json_default))
         training_curves(history, self.work / "training_curves.png", f"{cfg.model} on {self.bundle.name}")
+        write_report_html(self.work, log=self.log)  # report.html from the files just written
         self.report = report
         return report
 
@@ -368,7 +373,7 @@ class Run:
         """Move the finished files from the work dir into OUT, each by an atomic rename."""
         faults.point("final-write")
         self.out.mkdir(parents=True, exist_ok=True)
-        for name in ("model.slim", "baseline.slim", "metrics.jsonl", "training_curves.png"):
+        for name in ("model.slim", "baseline.slim", "metrics.jsonl", "training_curves.png", "report.html"):
             src = self.work / name
             if src.exists():
                 os.replace(src, self.out / name)

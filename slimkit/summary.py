@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from rich.table import Table

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from slimkit import atomic
 from slimkit.measure import epochs_to_fraction
+from slimkit.reports.results import write_results_html
 from slimkit.sweep.grid import Cell, Grid, fmt_value
 from slimkit.sweep.plots import plots
 
@@ -97,6 +98,7 @@ def write_results(grid: Grid, rows: list[dict]) -> None:
     atomic_text(grid.out / "results.csv", buf.getvalue())
     atomic_text(grid.out / "results.md", markdown(grid, rows))
     plots(grid, rows)
+    write_results_html(rows, grid.out, title=f"Sweep results: {grid.path.name}")  # sortable table, Pareto plots
 
 
 def atomic_text(path: Path, text: str) -> None:

@@ -1,0 +1,184 @@
+"""Per-layer sensitivity (slimkit.sensitivity), the method hooks of prune and lowrank, and the
+knapsack allocation (slimkit.allocation) checked against brute force."""
+import itertools
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from slimkit.allocation import allocate, predicted_losses
+from slimkit.errors import UserError
+from slimkit.models.lenet import lenet300, lenet5
+from slimkit.plugins import get_registry
+from slimkit.sensitivity import analyse, parse_levels, read_sensitivity
+
+
+def _method(name):
+    return get_registry().method(name)
+
+
+def test_prune_compress_layer_prunes_only_that_layer_to_the_exact_count():
+    torch.manual_seed(0)
+    model = lenet300((1, 8, 8), 10)
+    m = _method("prune")
+    opts = m.parse_options({})
+    layers = m.sensitivity_layers(model, opts)
+    assert layers == {"classifier.fc1": 300 * 64, "classifier.fc2": 100 * 300, "classifier.fc3": 10 * 100}
+    out = m.compress_layer(model, "classifier.fc2", 0.7, opts)
+    zeros = {n: int((mod.weight * mod.weight_mask == 0).sum()) for n, mod in out.named_modules()
+             if hasattr(mod, "weight_mask")}
+    assert zeros == {"classifier.fc1": 0, "classifier.fc2": 21000, "classifier.fc3": 0}
+    w = out.classifier.fc2.weight
+    kept = w[w != 0].abs()
+    assert kept.min() >= w.detach().abs()[out.classifier.fc2.weight_mask == 0].max()  # the smallest went
+
+
+def test_lowrank_compress_layer_replaces_that_layer_at_the_rank_of_the_level():
+    torch.manual_seed(0)
+    model = lenet5((1, 8, 8), 10)
+    m = _method("lowrank")
+    opts = m.parse_options({})
+    layers = m.sensitivity_layers(model, opts)
+    assert list(layers) == ["features.conv2"]  # skip_first, layers=conv
+    conv = model.features.conv2
+    full = min(conv.in_channels * conv.kernel_size[0], conv.out_channels * conv.kernel_size[1])
+    out = m.compress_layer(model, "features.conv2", 0.75, opts)
+    new = out.features.conv2
+    assert new.rank == math.ceil(0.25 * full)
+    x = torch.randn(2, 1, 8, 8)
+    assert out(x).shape == (2, 10)
+
+
+def test_a_method_without_the_hooks_is_a_user_error():
+    from slimkit.sensitivity import candidate_layers
+
+    with pytest.raises(UserError, match="cannot compress one layer at a time"):
+        candidate_layers(_method("distill"), lenet300((1, 8, 8), 10), {})
+
+
+def test_analyse_measures_every_cell_once_and_reuses_finished_ones():
+    torch.manual_seed(0)
+    model = lenet300((1, 8, 8), 10)
+    m = _method("prune")
+    opts = m.parse_options({})
+    x = torch.randn(64, 1, 8, 8)
+    ref = model(x).argmax(1)
+    calls = []
+
+    def evaluate(net):  # agreement with the uncompressed model's predictions
+        calls.append(1)
+        return float((net(x).argmax(1) == ref).float().mean())
+
+    cells = {}
+    sens = analyse(model, m, opts, [0.5, 0.99], evaluate, on_cell=lambda l, v, a: cells.__setitem__((l, v), a))
+    assert len(calls) == 1 + 3 * 2 and sens["baseline_accuracy"] == 1.0
+    assert sens["layers"] == ["classifier.fc1", "classifier.fc2", "classifier.fc3"]
+    assert sens["accuracy"][1][1] < 1.0  # 99 % of fc2 gone changes predictions
+    calls.clear()
+    again = analyse(model, m, opts, [0.5, 0.99], evaluate, done=cells)
+    assert calls == [] and again["accuracy"] == sens["accuracy"]
+
+
+def test_parse_levels():
+    assert parse_levels(None)[0] == 0.1 and parse_levels(None)[-1] == 0.95
+    assert parse_levels("0.9, 0.5,0.9") == [0.5, 0.9]
+    for bad in ("0", "1.0", "x", "0.5,-1"):
+        with pytest.raises(UserError):
+            parse_levels(bad)
+
+
+def _sens(acc, weights, levels, base=0.9):
+    return {"method": "prune", "levels": levels, "layers": [f"l{i}" for i in range(len(weights))],
+            "weights": weights, "baseline_accuracy": base, "accuracy": acc}
+
+
+def test_predicted_losses_are_clamped_and_monotone():
+    sens = _sens([[0.95, 0.85, 0.88, 0.5]], [10], [0.2, 0.4, 0.6, 0.8])
+    assert predicted_losses(sens)[0] == pytest.approx([0.0, 0.05, 0.05, 0.4])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_allocation_is_the_brute_force_optimum_and_meets_the_target(seed):
+    rng = random.Random(seed)
+    levels = [0.25, 0.5, 0.75, 0.9]
+    weights = [rng.randint(50, 5000) for _ in range(4)]
+    acc = [sorted((rng.uniform(0.3, 0.9) for _ in levels), reverse=True) for _ in weights]
+    sens = _sens(acc, weights, levels)
+    target = rng.uniform(0.3, 0.85)
+    got = allocate(sens, target)
+    need = math.ceil(target * sum(weights))
+    removed = sum(math.ceil(got["levels"][f"l{i}"] * w) for i, w in enumerate(weights))
+    assert removed >= need
+    drops = predicted_losses(sens)
+    best = min(sum(0.0 if lv == 0 else drops[i][levels.index(lv)] for i, lv in enumerate(combo))
+               for combo in itertools.product([0.0, *levels], repeat=len(weights))
+               if sum(math.ceil(lv * w) for lv, w in zip(combo, weights)) >= need)
+    assert got["predicted_total_loss"] == pytest.approx(best, abs=1e-12)
+
+
+def test_allocation_never_predicts_more_loss_than_uniform_at_the_target():
+    """Uniform levels equal to the target meet it exactly; the optimum can only be as good or better."""
+    rng = random.Random(1)
+    levels = [0.5, 0.8, 0.95, 0.97]
+    weights = [235200, 30000, 1000]
+    sens = _sens([sorted((rng.uniform(0.5, 0.97) for _ in levels), reverse=True) for _ in weights], weights, levels,
+                 base=0.97)
+    got = allocate(sens, 0.95)
+    uniform = sum(row[levels.index(0.95)] for row in predicted_losses(sens))
+    assert got["predicted_total_loss"] <= uniform + 1e-12
+
+
+def test_allocation_prefers_the_insensitive_layer():
+    sens = _sens([[0.9, 0.9, 0.89], [0.6, 0.3, 0.1]], [1000, 1000], [0.5, 0.9, 0.99])
+    got = allocate(sens, 0.47)  # 940 of 2000 weights: l0 alone at 0.99 removes 990
+    assert got["levels"] == {"l0": 0.99, "l1": 0.0}
+    assert got["predicted_total_loss"] == pytest.approx(0.01)
+
+
+def test_allocation_that_cannot_reach_the_target_is_a_user_error():
+    with pytest.raises(UserError, match="go up to 0.5"):
+        allocate(_sens([[0.9], [0.9]], [10, 10], [0.5]), 0.9)
+
+
+def test_read_sensitivity_rejects_malformed_files(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text(json.dumps({"method": "prune"}))
+    with pytest.raises(UserError, match="lacks one of"):
+        read_sensitivity(bad)
+    bad.write_text(json.dumps(_sens([[0.9, 0.8]], [10], [0.5])))
+    with pytest.raises(UserError, match="1 layers x 1 levels"):
+        read_sensitivity(bad)
+
+
+def test_sensitivity_command_writes_its_files_and_resumes_without_recomputing(tmp_path):
+    from conftest import cli
+
+    out = tmp_path / "sens"
+    args = ("sensitivity", "--model", "lenet300", "--baseline-epochs", "1", "--levels", "0.5,0.9", "--out", out,
+            "--quiet")
+    assert cli(*args) == 0
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert sens["cells_computed"] == 6 and len(sens["accuracy"]) == 3
+    assert len((out / "sensitivity.csv").read_text().splitlines()) == 1 + 6
+    assert 'data-figure="sensitivity"' in (out / "sensitivity.svg").read_text()
+    # as if interrupted after two cells: the settings line, the baseline and two cells survive
+    cells = out / ".cells.jsonl"
+    cells.write_text("\n".join(cells.read_text().splitlines()[:4]) + "\n")
+    assert cli(*args) == 0
+    again = json.loads((out / "sensitivity.json").read_text())
+    assert again["cells_computed"] == 4 and again["accuracy"] == sens["accuracy"]
+    assert cli(*args) == 0 and json.loads((out / "sensitivity.json").read_text())["cells_computed"] == 0
+    assert cli("sensitivity", "--method", "distill", "--out", tmp_path / "x", "--quiet") == 2
+    # the file drives a compress run's budgets (same cached baseline)
+    run = tmp_path / "run"
+    assert cli("compress", "--model", "lenet300", "--baseline-epochs", "1", "--epochs", "0", "-m", "prune", "--set",
+               "schedule=oneshot", "--set", "sparsity=0.6", "--set", "allocation=sensitivity", "--set",
+               f"sensitivity={out / 'sensitivity.json'}", "--no-latency", "--quiet", "--out", run) == 0
+    stage = json.loads((run / "report.json").read_text())["stages"][0]
+    assert stage["allocation"]["sensitivity_source"] == str(out / "sensitivity.json")
+    assert set(stage["allocation"]["levels"].values()) <= {0.0, 0.5, 0.9}
+    assert stage["zeros"] >= math.ceil(0.6 * stage["prunable_params"])
+    assert cli("compress", "--model", "lenet300", "--baseline-epochs", "1", "-m", "prune", "--set",
+               "sensitivity=x.json", "--quiet", "--out", tmp_path / "bad") == 2  # without allocation=sensitivity
