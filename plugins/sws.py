@@ -45,6 +45,13 @@ Starting every component at the spread of the weights themselves (the default; a
 0.05 for LeNet-300-100) cuts that phase to a third. The stage logs a warning when it is
 given too few steps; on 8k MNIST examples 60-80 epochs (7-9k steps) work.
 
+So the length of the retraining is counted in optimizer steps, not epochs: with
+``epochs`` unset the stage trains the run's epochs, raised to at least ``min_steps``
+(MIN_STEPS_DEFAULT) optimizer steps on this data set -- many more epochs on a small
+data set (sklearn digits: 23 steps an epoch at batch 64) than on a large one. An epoch
+count the run or ``epochs`` gives explicitly below that is kept, and when the stage then
+collapses, its hint names the epochs that would give the prior its steps.
+
 Step 3 (post-processing): components whose distributions overlap are merged: ``i`` and
 ``j`` join when ``KL(N_i || N_j)`` or ``KL(N_j || N_i)`` is below ``merge_kl``, transitively;
 a merged component gets the summed mixing proportion, the pi-weighted mean of the means
@@ -76,9 +83,13 @@ from slimkit.nn import codebook_layers, quantizable_layers, quantized_twin, repl
 
 #: slimkit.ops.gmm_prior takes at most this many mixture components.
 MAX_COMPONENTS = 64
+#: Default least number of optimizer steps of the retraining when ``epochs`` is unset (see "Training length").
+MIN_STEPS_DEFAULT = 3000
+#: The paper's tutorial retrains about this many steps; a collapse hint suggests at least this.
+TUTORIAL_STEPS = 7000
 
 __all__ = ["SoftWeightSharing", "MixturePrior", "kl_gaussian", "merge_components", "responsibilities_argmax",
-           "gamma_neg_log_prior"]
+           "gamma_neg_log_prior", "steps_per_epoch", "retrain_epochs"]
 
 
 # --------------------------------------------------------------------------- the prior
@@ -348,7 +359,12 @@ class SoftWeightSharing(Method):
         Option("huffman", bool, True, "Huffman-code the stored indices and relative positions"),
         Option("pos_bits", int, 0, "bits of a relative position in sparse storage (0 = the smallest)",
                min=0, max=8),
-        Option("epochs", int, None, "retraining epochs (unset = the run's)", min=0),
+        Option("epochs", int, None, "retraining epochs (unset = the run's epochs, raised to reach min_steps "
+               "optimizer steps on this data set)", min=0),
+        Option("min_steps", int, MIN_STEPS_DEFAULT, "with epochs unset: retrain at least this many optimizer "
+               "steps (the prior's variances and the weights need them: too few and the snapped model "
+               "collapses); the epochs are raised to ceil(min_steps / steps per epoch). 0 = the run's epochs",
+               min=0),
         Option("plots", bool, True, "write sws_weights_joint.png and sws_weights_histogram.png"),
     ]
 
@@ -385,12 +401,16 @@ class SoftWeightSharing(Method):
             inner = getattr(net, "module", net)
             return F.cross_entropy(logits, targets) + coef * inner.complexity, logits
 
-        epochs = ctx.epochs if opts["epochs"] is None else opts["epochs"]
+        per_epoch = steps_per_epoch(ctx)
+        epochs = retrain_epochs(ctx.epochs, opts["epochs"], opts["min_steps"], per_epoch)
+        if opts["epochs"] is None and epochs > ctx.epochs:
+            ctx.log(f"sws: {epochs} epoch(s) instead of the run's {ctx.epochs}: {per_epoch} optimizer steps an "
+                    f"epoch, and the prior needs at least min_steps={opts['min_steps']}")
         monitor = _Monitor(wrapper, epochs)
         ctx.log(f"sws: retraining {epochs} epoch(s) under a {k}-component mixture prior over "
                 f"{initial.numel():,} weights (tau={opts['tau']:g}, N={n_train}, pi_zero={opts['pi_zero']}, "
                 f"init_std={init_std:.4g})")
-        steps = epochs * math.ceil(n_train / max(ctx.batch_size, 1))
+        steps = epochs * per_epoch
         needed = abs(math.log(init_std ** 2) - math.log(0.02 ** 2)) / opts["lr_log_vars"]
         if steps < 2 * needed:
             ctx.log(f"sws: WARNING {steps} optimizer steps may be too few: with lr_log_vars={opts['lr_log_vars']:g} "
@@ -448,9 +468,37 @@ class SoftWeightSharing(Method):
                      "mixing": merged_pi.tolist()},
             mixture_history=monitor.history, tau=opts["tau"], prior_coefficient=coef, init_std=init_std,
             val_accuracy_before=val_before, val_accuracy_retrained=val_retrained,
+            epochs=epochs, optimizer_steps=steps, steps_per_epoch=per_epoch,
             weight_bytes=sum(r["stored_bytes"] for r in rows), dense_weight_bytes=4 * total,
         )
         return model
+
+    def collapse_hint(self, opts: dict, ctx) -> str:
+        steps = ctx.results.get("optimizer_steps")
+        per_epoch = ctx.results.get("steps_per_epoch") or steps_per_epoch(ctx)
+        if steps is None:
+            return "likely cause: too few optimizer steps for the prior; try more --epochs"
+        want = max(2 * steps, TUTORIAL_STEPS)
+        return (f"likely cause: too few optimizer steps for the prior ({steps} steps, {per_epoch} an epoch; the "
+                f"paper's tutorial retrains ~{TUTORIAL_STEPS}): the weights were snapped to components they had "
+                f"not settled on; try --epochs {math.ceil(want / per_epoch)} (or --set sws.epochs=...), or a "
+                f"smaller tau")
+
+
+def steps_per_epoch(ctx) -> int:
+    """Optimizer steps of one epoch of the engine's loop on ``ctx``'s train split."""
+    world = max(ctx.dist.world_size, 1)
+    per_rank = max(1, ctx.batch_size // world)
+    return max(1, math.ceil(ctx.data.size("train") / (per_rank * world)))
+
+
+def retrain_epochs(run_epochs: int, epochs: int | None, min_steps: int, per_epoch: int) -> int:
+    """The stage's epochs: ``epochs`` when given; else the run's, raised to ``min_steps`` steps (not from 0)."""
+    if epochs is not None:
+        return epochs
+    if run_epochs <= 0 or min_steps <= 0:
+        return run_epochs
+    return max(run_epochs, math.ceil(min_steps / per_epoch))
 
 
 @hookimpl

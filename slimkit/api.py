@@ -128,6 +128,17 @@ class Method:
         """Compress ``model`` and return the compressed model (it may be a new object)."""
         raise NotImplementedError
 
+    def collapse_hint(self, opts: dict, ctx: "StageContext") -> str | None:
+        """The likely cause of a collapse of this stage, and what to try, in one sentence; or None.
+
+        Called after :meth:`apply` when the stage lost more accuracy than the run's
+        collapse threshold (``RunConfig.collapse_threshold``, 5 points by default);
+        ``ctx.results`` holds what the stage recorded. The engine shows the hint in
+        red in the summary and records it in report.json's ``warnings``. The default
+        has no method-specific hint (the engine then names generic causes).
+        """
+        return None
+
     def parse_options(self, raw: dict) -> dict:
         """Validate user-given options against :attr:`options`; fill in defaults."""
         known = {o.name: o for o in self.options}

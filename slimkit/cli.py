@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slimkit.errors import UserError
@@ -91,6 +92,8 @@ def compress(
     latency: bool = typer.Option(True, help="Measure latency of baseline and result."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, help="No progress output."),
+    collapse_threshold: float = typer.Option(5.0, help="Flag a stage that loses more than this many points of "
+                                             "accuracy as a collapse (red in the summary, a warning in report.json)."),
 ):
     """Compress a model: train or load a baseline, apply methods in order, write OUT/model.slim and OUT/report.json."""
     from slimkit.pipeline import Run, RunConfig
@@ -117,7 +120,7 @@ def compress(
         optimizer=pick(optimizer, "optimizer", "sgd"), seed=pick(seed, "seed", 0),
         out=pick(out_dir, "out", f"runs/{Path(mdl).stem}-{'-'.join(methods)}"), teacher=pick(teacher, "teacher", None),
         weights=weights, trust_checkpoint=trust_checkpoint, resume=resume, sparse_inference=sparse_inference,
-        latency=latency, quiet=quiet or as_json,
+        latency=latency, quiet=quiet or as_json, collapse_threshold=collapse_threshold,
     )
     run = Run(cfg, option_pairs=_pairs(set_, "--set"))
     report = run.execute()
@@ -159,7 +162,10 @@ def print_summary(report: dict, out_path: Path) -> None:
                       f"{b['latency_ms'] / f['latency_ms']:.2f}x")
     out.print(table)
     for s in report["stages"]:
-        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %, {s['seconds']:.1f} s")
+        line = f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %, {s['seconds']:.1f} s"
+        out.print(f"[bold red]{line}: COLLAPSE[/bold red]" if s.get("collapse") else line, highlight=False)
+    for warning in report.get("warnings", []):
+        out.print(f"[bold red]WARNING: {escape(warning['message'])}[/bold red]", highlight=False)
     out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}")
 
 

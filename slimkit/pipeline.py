@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from slimkit import __version__, distributed, storage
 from slimkit.api import StageContext
@@ -53,6 +54,14 @@ class RunConfig:
     quiet: bool = False
     cache_dir: str | None = None
     val_fraction: float = 0.1
+    #: A stage that loses more than this many points of test accuracy is flagged as a collapse
+    #: (red in the summary, a ``warnings`` entry in report.json, with the method's hint).
+    collapse_threshold: float = 5.0
+
+
+#: What a collapse hint says when the method has none of its own.
+GENERIC_COLLAPSE_HINT = ("likely cause: too short a retraining or too high a learning rate for this stage; "
+                         "try more --epochs or a lower --lr, or a milder setting of the method's options")
 
 
 def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], preset: dict | None = None) -> dict:
@@ -118,6 +127,9 @@ class Run:
                 raise UserError(f"{name} {value} is invalid: expected an integer >= {low}")
         if cfg.lr is not None and not cfg.lr > 0:
             raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
+        if not 0 <= cfg.collapse_threshold <= 100:  # NaN fails too
+            raise UserError(f"--collapse-threshold {cfg.collapse_threshold} is invalid: expected points of "
+                            f"accuracy in [0, 100]")
         self.bundle = load_data(cfg.data, self.registry.datasets, seed=cfg.seed, val_fraction=cfg.val_fraction)
         self.source = classify(cfg.model, self.registry)
         if self.out.exists() and not self.out.is_dir():
@@ -236,6 +248,7 @@ class Run:
 
         trainer = self.trainer(cfg.resume, self.work / "checkpoints", metrics_path)
         stages = []
+        previous = self._evaluate(trainer, baseline_model)  # the accuracy the first stage starts from
         for index, (method, opts) in enumerate(zip(self.methods, self.options)):
             stage_file = self.work / f"stage-{index}-{method.name}.slim"
             stage_json = stage_file.with_suffix(".json")
@@ -243,6 +256,7 @@ class Run:
                 model = storage.load_model(stage_file, self.registry).model.to(self.device)
                 stages.append(json.loads(stage_json.read_text()))
                 self.log(f"{method.name}: finished earlier, restored from {stage_file.name}")
+                previous = stages[-1]["accuracy"]
                 continue
             seed_everything(cfg.seed + index + 1)
             ctx = self.context(method.name, trainer, teacher)
@@ -256,6 +270,11 @@ class Run:
             model.to(self.device)
             result = {"method": method.name, "options": opts, "accuracy": self._evaluate(trainer, model),
                       "seconds": time.perf_counter() - t0, **ctx.results}
+            collapse = self._collapse(index, method, opts, ctx, previous, result["accuracy"])
+            if collapse is not None:
+                result["collapse"] = collapse
+                self.log(f"[bold red]{method.name}: COLLAPSE {escape(collapse['message'])}[/bold red]")
+            previous = result["accuracy"]
             stages.append(result)
             if self.dist.is_main:
                 self.registry.emit("stage_finished", stage=method.name, result=result)
@@ -280,6 +299,18 @@ class Run:
         if teardown:
             distributed.teardown(self.dist)
         return report
+
+    def _collapse(self, index: int, method, opts: dict, ctx, before: float, after: float) -> dict | None:
+        """A warning entry when stage ``index`` lost more than the threshold (points), else None."""
+        drop = 100.0 * (before - after)
+        if not drop > self.cfg.collapse_threshold:
+            return None
+        hint = method.collapse_hint(opts, ctx) or GENERIC_COLLAPSE_HINT
+        message = (f"stage {index} ({method.name}) fell from {100 * before:.2f} % to {100 * after:.2f} % "
+                   f"(-{drop:.2f} points, threshold {self.cfg.collapse_threshold:g}): {hint}")
+        return {"kind": "collapse", "stage": index, "method": method.name, "accuracy_before": before,
+                "accuracy_after": after, "drop_points": drop, "threshold_points": self.cfg.collapse_threshold,
+                "hint": hint, "message": message}
 
     def _evaluate(self, trainer, model) -> float:
         return trainer.evaluate(model, self.bundle, "test")
@@ -328,6 +359,7 @@ class Run:
             "compression_ratio": baseline["size_bytes"] / final["size_bytes"],
             "stages": stages,
             "sparse_inference": sparse_layers,
+            "warnings": [s["collapse"] for s in stages if s.get("collapse")],
             "seconds": seconds,
             "accuracy_note": "accuracy on the test split, from the artifact loaded back from disk",
         }
