@@ -45,12 +45,12 @@ Starting every component at the spread of the weights themselves (the default; a
 0.05 for LeNet-300-100) cuts that phase to a third. The stage logs a warning when it is
 given too few steps; on 8k MNIST examples 60-80 epochs (7-9k steps) work.
 
-So the length of the retraining is counted in optimizer steps, not epochs: with
-``epochs`` unset the stage trains the run's epochs, raised to at least ``min_steps``
-(MIN_STEPS_DEFAULT) optimizer steps on this data set -- many more epochs on a small
-data set (sklearn digits: 23 steps an epoch at batch 64) than on a large one. An epoch
-count the run or ``epochs`` gives explicitly below that is kept, and when the stage then
-collapses, its hint names the epochs that would give the prior its steps.
+So the length of the retraining is counted in optimizer steps, not epochs: when neither
+``epochs`` nor the run's ``--epochs`` is given, the stage trains the default 10 epochs
+raised to at least ``min_steps`` (MIN_STEPS_DEFAULT) optimizer steps on this data set --
+many more epochs on a small data set (sklearn digits: 21 steps an epoch at batch 64)
+than on a large one (the MNIST split: 113). Epochs given explicitly are kept, and when
+the stage then collapses, its hint names the epochs that would give the prior its steps.
 
 Step 3 (post-processing): components whose distributions overlap are merged: ``i`` and
 ``j`` join when ``KL(N_i || N_j)`` or ``KL(N_j || N_i)`` is below ``merge_kl``, transitively;
@@ -89,7 +89,7 @@ MIN_STEPS_DEFAULT = 3000
 TUTORIAL_STEPS = 7000
 
 __all__ = ["SoftWeightSharing", "MixturePrior", "kl_gaussian", "merge_components", "responsibilities_argmax",
-           "gamma_neg_log_prior", "steps_per_epoch", "retrain_epochs"]
+           "gamma_neg_log_prior"]
 
 
 # --------------------------------------------------------------------------- the prior
@@ -359,12 +359,11 @@ class SoftWeightSharing(Method):
         Option("huffman", bool, True, "Huffman-code the stored indices and relative positions"),
         Option("pos_bits", int, 0, "bits of a relative position in sparse storage (0 = the smallest)",
                min=0, max=8),
-        Option("epochs", int, None, "retraining epochs (unset = the run's epochs, raised to reach min_steps "
-               "optimizer steps on this data set)", min=0),
-        Option("min_steps", int, MIN_STEPS_DEFAULT, "with epochs unset: retrain at least this many optimizer "
-               "steps (the prior's variances and the weights need them: too few and the snapped model "
-               "collapses); the epochs are raised to ceil(min_steps / steps per epoch). 0 = the run's epochs",
-               min=0),
+        Option("epochs", int, None, "retraining epochs (unset = the run's --epochs; without --epochs, the "
+               "default 10 raised to reach min_steps optimizer steps on this data set)", min=0),
+        Option("min_steps", int, MIN_STEPS_DEFAULT, "when neither this epochs option nor --epochs is given: "
+               "retrain at least this many optimizer steps (the prior's variances and the weights need them: "
+               "too few and the snapped model collapses), i.e. ceil(min_steps / steps per epoch) epochs", min=0),
         Option("plots", bool, True, "write sws_weights_joint.png and sws_weights_histogram.png"),
     ]
 
@@ -401,8 +400,8 @@ class SoftWeightSharing(Method):
             inner = getattr(net, "module", net)
             return F.cross_entropy(logits, targets) + coef * inner.complexity, logits
 
-        per_epoch = steps_per_epoch(ctx)
-        epochs = retrain_epochs(ctx.epochs, opts["epochs"], opts["min_steps"], per_epoch)
+        per_epoch = ctx.steps_per_epoch()
+        epochs = ctx.stage_epochs(opts["epochs"], opts["min_steps"])
         if opts["epochs"] is None and epochs > ctx.epochs:
             ctx.log(f"sws: {epochs} epoch(s) instead of the run's {ctx.epochs}: {per_epoch} optimizer steps an "
                     f"epoch, and the prior needs at least min_steps={opts['min_steps']}")
@@ -475,7 +474,7 @@ class SoftWeightSharing(Method):
 
     def collapse_hint(self, opts: dict, ctx) -> str:
         steps = ctx.results.get("optimizer_steps")
-        per_epoch = ctx.results.get("steps_per_epoch") or steps_per_epoch(ctx)
+        per_epoch = ctx.results.get("steps_per_epoch") or ctx.steps_per_epoch()
         if steps is None:
             return "likely cause: too few optimizer steps for the prior; try more --epochs"
         want = max(2 * steps, TUTORIAL_STEPS)
@@ -483,22 +482,6 @@ class SoftWeightSharing(Method):
                 f"paper's tutorial retrains ~{TUTORIAL_STEPS}): the weights were snapped to components they had "
                 f"not settled on; try --epochs {math.ceil(want / per_epoch)} (or --set sws.epochs=...), or a "
                 f"smaller tau")
-
-
-def steps_per_epoch(ctx) -> int:
-    """Optimizer steps of one epoch of the engine's loop on ``ctx``'s train split."""
-    world = max(ctx.dist.world_size, 1)
-    per_rank = max(1, ctx.batch_size // world)
-    return max(1, math.ceil(ctx.data.size("train") / (per_rank * world)))
-
-
-def retrain_epochs(run_epochs: int, epochs: int | None, min_steps: int, per_epoch: int) -> int:
-    """The stage's epochs: ``epochs`` when given; else the run's, raised to ``min_steps`` steps (not from 0)."""
-    if epochs is not None:
-        return epochs
-    if run_epochs <= 0 or min_steps <= 0:
-        return run_epochs
-    return max(run_epochs, math.ceil(min_steps / per_epoch))
 
 
 @hookimpl

@@ -27,6 +27,7 @@ metadata and slimkit finds it; docs/plugins.md walks through a whole package.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -226,6 +227,7 @@ class StageContext:
     optimizer: str
     teacher: Any = None  # the chain's input model (or --teacher), eval mode, frozen
     model_name: str = ""
+    epochs_set: bool = True  # False: ``epochs`` is the engine's default, which stage_epochs may raise
     log: Callable[[str], None] = print
     _trainer: Any = None
     _registry: Any = None
@@ -248,6 +250,29 @@ class StageContext:
             label=label or self.stage, data=data or self.data, evaluate=evaluate,
         )
 
+    def steps_per_epoch(self, data=None) -> int:
+        """Optimizer steps of one epoch of :meth:`train` on ``data`` (default: the run's bundle): a
+        method that needs a number of steps rather than of epochs sizes its epochs with this."""
+        world = max(self.dist.world_size, 1)
+        per_rank = max(1, self.batch_size // world)
+        return max(1, math.ceil((data or self.data).size("train") / (per_rank * world)))
+
+    def stage_epochs(self, epochs: int | None, min_steps: int = 0) -> int:
+        """A stage's epochs: ``epochs`` when the method's option gives them, else the run's; when
+        the user gave the run none (``epochs_set`` False), the default raised to at least
+        ``min_steps`` optimizer steps on this data set (see :func:`epochs_for_steps`)."""
+        if epochs is None and self.epochs_set:
+            return self.epochs
+        return epochs_for_steps(self.epochs, epochs, min_steps, self.steps_per_epoch())
+
+    @property
+    def base_lr(self) -> float:
+        """The run's base learning rate: ``--lr``, else the optimizer's default (0.1 SGD, 1e-3 Adam).
+        :meth:`train` with ``lr=None`` uses a fifth of it; a method may choose another fraction."""
+        from slimkit.train import DEFAULT_LR  # slimkit.train imports this module
+
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
     def evaluate(self, model, split: str = "test") -> float:
         """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``split`` ('val' or 'test')."""
         return self._trainer.evaluate(model, self.data, split)
@@ -263,6 +288,18 @@ class StageContext:
     def plot_path(self, name: str):
         """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""
         return (self.out_dir / name) if self.dist.is_main else None
+
+
+def epochs_for_steps(run_epochs: int, epochs: int | None, min_steps: int, per_epoch: int) -> int:
+    """``epochs`` when given; else ``run_epochs`` raised to ``ceil(min_steps / per_epoch)``.
+
+    A run of 0 epochs (no training asked for) stays at 0, as does ``min_steps`` 0.
+    """
+    if epochs is not None:
+        return epochs
+    if run_epochs <= 0 or min_steps <= 0:
+        return run_epochs
+    return max(run_epochs, math.ceil(min_steps / max(per_epoch, 1)))
 
 
 def model_names() -> list[str]:

@@ -76,7 +76,8 @@ def compress(
     method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method to apply; repeat to chain."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Method option KEY=VALUE or METHOD.KEY=VALUE."),
     recipe: Optional[Path] = typer.Option(None, help="TOML file with the run's settings and [[stage]] tables."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per method stage (default 10)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per method stage (default 10; prune and sws raise "
+                                         "it on small data sets to their minimum optimizer steps)."),
     baseline_epochs: Optional[int] = typer.Option(None, help="Epochs to train a zoo baseline (default 20)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it)."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 64)."),
@@ -115,7 +116,7 @@ def compress(
     cfg = RunConfig(
         model=mdl, data=pick(data, "data", "digits"), methods=methods, options=preset,
         model_options={**rec.get("model_options", {}), **_model_options(model_opt)},
-        epochs=pick(epochs, "epochs", 10), baseline_epochs=pick(baseline_epochs, "baseline_epochs", 20),
+        epochs=pick(epochs, "epochs", None), baseline_epochs=pick(baseline_epochs, "baseline_epochs", 20),
         lr=pick(lr, "lr", None), batch_size=pick(batch_size, "batch_size", 64),
         optimizer=pick(optimizer, "optimizer", "sgd"), seed=pick(seed, "seed", 0),
         out=pick(out_dir, "out", f"runs/{Path(mdl).stem}-{'-'.join(methods)}"), teacher=pick(teacher, "teacher", None),

@@ -38,7 +38,7 @@ class RunConfig:
     methods: list = field(default_factory=lambda: ["prune"])
     options: dict = field(default_factory=dict)  # method -> {key: raw value}
     model_options: dict = field(default_factory=dict)
-    epochs: int = 10
+    epochs: int | None = None  # method stages; None = DEFAULT_STAGE_EPOCHS, which a method may raise
     baseline_epochs: int = 20
     lr: float | None = None
     batch_size: int = 64
@@ -58,6 +58,11 @@ class RunConfig:
     #: (red in the summary, a ``warnings`` entry in report.json, with the method's hint).
     collapse_threshold: float = 5.0
 
+
+#: Epochs of a method stage when the run gives none. Methods that need a number of optimizer
+#: steps rather than of epochs (prune, sws: their ``min_steps``) raise it on small data sets;
+#: epochs the user gives (``--epochs``, a recipe, a grid, a method's ``epochs``) are kept.
+DEFAULT_STAGE_EPOCHS = 10
 
 #: What a collapse hint says when the method has none of its own.
 GENERIC_COLLAPSE_HINT = ("likely cause: too short a retraining or too high a learning rate for this stage; "
@@ -123,7 +128,7 @@ class Run:
             raise UserError(f"--optimizer {cfg.optimizer!r} is invalid: expected sgd or adam")
         for name, value, low in (("--epochs", cfg.epochs, 0), ("--baseline-epochs", cfg.baseline_epochs, 0),
                                  ("--batch-size", cfg.batch_size, 1)):
-            if value < low:
+            if value is not None and value < low:
                 raise UserError(f"{name} {value} is invalid: expected an integer >= {low}")
         if cfg.lr is not None and not cfg.lr > 0:
             raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
@@ -155,7 +160,8 @@ class Run:
 
     def context(self, stage: str, trainer: Trainer, teacher) -> StageContext:
         return StageContext(stage=stage, data=self.bundle, device=self.device, dist=self.dist, out_dir=self.work,
-                            seed=self.cfg.seed, epochs=self.cfg.epochs, lr=self.cfg.lr,
+                            seed=self.cfg.seed, lr=self.cfg.lr, epochs_set=self.cfg.epochs is not None,
+                            epochs=DEFAULT_STAGE_EPOCHS if self.cfg.epochs is None else self.cfg.epochs,
                             batch_size=self.cfg.batch_size, optimizer=self.cfg.optimizer, teacher=teacher,
                             model_name=self.cfg.model, log=self.log, _trainer=trainer, _registry=self.registry)
 

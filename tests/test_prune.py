@@ -590,4 +590,4 @@ def test_plugins_register_their_methods():
         assert m.summary and m.paper and all(o.help for o in m.options)
     assert {o.name for o in found["prune"].options} == {
         "sparsity", "schedule", "scope", "keep_first", "keep_last", "initial_sparsity", "prune_steps",
-        "frequency", "epochs", "lr"}
+        "frequency", "epochs", "min_steps", "lr"}

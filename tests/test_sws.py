@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from slimkit import storage
-from slimkit.api import DistInfo, StageContext
+from slimkit.api import DistInfo, StageContext, epochs_for_steps
 from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
@@ -201,13 +201,21 @@ def test_options_are_checked():
 
 def test_unset_epochs_are_raised_to_the_minimum_steps():
     # the run's epochs when they give enough steps; else ceil(min_steps / steps an epoch)
-    assert sws.retrain_epochs(10, None, 3000, 113) == 27  # MNIST split: 7,200 / 64 -> 113 steps an epoch
-    assert sws.retrain_epochs(10, None, 3000, 21) == 143  # digits: 1,294 / 64 -> 21
-    assert sws.retrain_epochs(40, None, 3000, 113) == 40
+    assert epochs_for_steps(10, None, 3000, 113) == 27  # MNIST split: 7,200 / 64 -> 113 steps an epoch
+    assert epochs_for_steps(10, None, 3000, 21) == 143  # digits: 1,294 / 64 -> 21
+    assert epochs_for_steps(40, None, 3000, 113) == 40
     # given epochs are kept, and so is a run of 0 epochs (no retraining asked for)
-    assert sws.retrain_epochs(10, 5, 3000, 21) == 5
-    assert sws.retrain_epochs(0, None, 3000, 21) == 0
-    assert sws.retrain_epochs(10, None, 0, 21) == 10
+    assert epochs_for_steps(10, 5, 3000, 21) == 5
+    assert epochs_for_steps(0, None, 3000, 21) == 0
+    assert epochs_for_steps(10, None, 0, 21) == 10
+
+
+def test_min_steps_raise_only_a_default_epoch_count(tmp_path):
+    ctx = make_ctx(tmp_path, 1)  # 11 steps an epoch
+    assert ctx.stage_epochs(None, 40) == 1  # --epochs given: kept
+    assert ctx.stage_epochs(7, 40) == 7  # the method's epochs option: kept
+    ctx.epochs_set = False
+    assert ctx.stage_epochs(None, 40) == 4 and ctx.stage_epochs(None, 0) == 1 and ctx.stage_epochs(2, 40) == 2
 
 
 def test_stage_records_its_steps(tmp_path):
@@ -215,6 +223,7 @@ def test_stage_records_its_steps(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 4))
     method = sws.SoftWeightSharing()
     ctx = make_ctx(tmp_path, 1)  # 346 train examples at batch 32: 11 steps an epoch
+    ctx.epochs_set = False  # the run's epochs are the engine's default, not the user's
     method.apply(model, ctx, method.parse_options({"plots": False, "min_steps": 40}))
     assert (ctx.results["steps_per_epoch"], ctx.results["epochs"], ctx.results["optimizer_steps"]) == (11, 4, 44)
     assert len(ctx.results["mixture_history"]) == 4
