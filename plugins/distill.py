@@ -163,8 +163,8 @@ from slimkit.ops import kd_loss
 
 __all__ = [
     "Distill", "LOSSES", "MAX_FLAT", "KDWarmup", "teacher_logits", "CachedKDLoss", "OnlineKDLoss",
-    "FunctionMatchingLoss", "HintRegressor", "HintNet", "capture", "hint_loss", "target_std", "lower_params", "default_layer",
-    "layer_names",
+    "FunctionMatchingLoss", "HintRegressor", "HintNet", "capture", "hint_loss", "target_std", "lower_params",
+    "default_layer", "layer_names",
 ]
 
 LOSSES = ("hinton", "function-matching", "hints")

@@ -79,7 +79,7 @@ def compress(
     epochs: Optional[int] = typer.Option(None, help="Epochs per method stage (default 10; prune and sws raise "
                                          "it on small data sets to their minimum optimizer steps)."),
     baseline_epochs: Optional[int] = typer.Option(None, help="Epochs to train a zoo baseline (default 20)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it, prune at 1/2)."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size (default 64)."),
     optimizer: Optional[str] = typer.Option(None, help="sgd or adam (default sgd)."),
     seed: Optional[int] = typer.Option(None, help="Seed for data split, init, shuffling (default 0)."),
@@ -93,8 +93,9 @@ def compress(
     latency: bool = typer.Option(True, help="Measure latency of baseline and result."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(False, help="No progress output."),
-    collapse_threshold: float = typer.Option(5.0, help="Flag a stage that loses more than this many points of "
-                                             "accuracy as a collapse (red in the summary, a warning in report.json)."),
+    collapse_threshold: float = typer.Option(5.0, help="Flag a stage that loses more than this many points "
+                                             "of accuracy as a collapse (red in the summary, a warning in "
+                                             "report.json)."),
 ):
     """Compress a model: train or load a baseline, apply methods in order, write OUT/model.slim and OUT/report.json."""
     from slimkit.pipeline import Run, RunConfig
