@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from slimkit.config import DEFAULT_LR
 from slimkit.errors import UserError
 
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
@@ -131,7 +132,9 @@ class Method:
     Class attributes: ``name`` (unique, used in ``--method``), ``summary`` (one line),
     ``paper`` (citation), ``options`` (list of :class:`Option`: the method's own; the
     engine adds :data:`COMMON_OPTIONS`), ``common_defaults`` (a default of this method's
-    own for a common option, e.g. ``{"lr": 5e-4}``; unset ones mean the run's value).
+    own for a common option, e.g. ``{"lr": 5e-4}``; unset ones mean the run's value) and
+    ``common_unset`` (what an unset common option means for this method, when that is not
+    the run's value, e.g. ``{"lr": "half the run's base rate"}``).
     """
 
     name: str = ""
@@ -139,12 +142,14 @@ class Method:
     paper: str = ""
     options: Sequence[Option] = ()
     common_defaults: Mapping[str, Any] = {}
+    common_unset: Mapping[str, str] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        unknown = set(cls.common_defaults) - {o.name for o in COMMON_OPTIONS}
-        if unknown:  # at the plugin's import, which plugin loading reports
-            raise TypeError(f"{cls.__name__}.common_defaults names no common option: {', '.join(sorted(unknown))}")
+        for attr in ("common_defaults", "common_unset"):
+            unknown = set(getattr(cls, attr)) - {o.name for o in COMMON_OPTIONS}
+            if unknown:  # at the plugin's import, which plugin loading reports
+                raise TypeError(f"{cls.__name__}.{attr} names no common option: {', '.join(sorted(unknown))}")
 
     @classmethod
     def all_options(cls) -> list[Option]:
@@ -153,7 +158,8 @@ class Method:
         declares an option of a common name itself keeps its own declaration."""
         own = list(cls.options)
         names = {o.name for o in own}
-        common = [replace(o, default=cls.common_defaults[o.name]) if o.name in cls.common_defaults else o
+        common = [replace(o, default=cls.common_defaults.get(o.name, o.default),
+                          unset=cls.common_unset.get(o.name, o.unset))
                   for o in COMMON_OPTIONS if o.name not in names]
         return own + common
 
@@ -183,6 +189,17 @@ class Method:
         its rank), with no training; return the model. The engine passes a copy, so it may
         be changed in place."""
         raise NotImplementedError(f"method {self.name!r} cannot compress a single layer")
+
+    def collapse_hint(self, opts: dict, ctx: "StageContext") -> str | None:
+        """The likely cause of a collapse of this stage, and what to try, in one sentence; or None.
+
+        Called after :meth:`apply` when the stage lost more accuracy than the run's
+        collapse threshold (``RunConfig.collapse_threshold``, 5 points by default);
+        ``ctx.results`` holds what the stage recorded. The engine shows the hint in
+        red in the summary and records it in report.json's ``warnings``. The default
+        has no method-specific hint (the engine then names generic causes).
+        """
+        return None
 
     def parse_options(self, raw: dict) -> dict:
         """Validate user-given options against :meth:`all_options`; fill in defaults."""
@@ -279,6 +296,7 @@ class StageContext:
     optimizer: str
     teacher: Any = None  # the chain's input model (or --teacher), eval mode, frozen
     model_name: str = ""
+    epochs_set: bool = True  # False: ``epochs`` is the engine's default, which stage_epochs may raise
     log: Callable[[str], None] = print
     _trainer: Any = None
     _registry: Any = None
@@ -301,6 +319,27 @@ class StageContext:
             callbacks=callbacks, params=params, optimizer=optimizer or self.optimizer,
             label=label or self.stage, data=data or self.data, evaluate=evaluate,
         )
+
+    def steps_per_epoch(self, data=None) -> int:
+        """Optimizer steps of one epoch of :meth:`train` on ``data`` (default: the run's bundle): a
+        method that needs a number of steps rather than of epochs sizes its epochs with this."""
+        world = max(self.dist.world_size, 1)
+        per_rank = max(1, self.batch_size // world)
+        return max(1, math.ceil((data or self.data).size("train") / (per_rank * world)))
+
+    def stage_epochs(self, epochs: int | None, min_steps: int = 0) -> int:
+        """A stage's epochs: ``epochs`` when the method's option gives them, else the run's; when
+        the user gave the run none (``epochs_set`` False), the default raised to at least
+        ``min_steps`` optimizer steps on this data set (see :func:`epochs_for_steps`)."""
+        if epochs is None and self.epochs_set:
+            return self.epochs
+        return epochs_for_steps(self.epochs, epochs, min_steps, self.steps_per_epoch())
+
+    @property
+    def base_lr(self) -> float:
+        """The run's base learning rate: ``--lr``, else the optimizer's default (0.1 SGD, 1e-3 Adam).
+        :meth:`train` with ``lr=None`` uses a fifth of it; a method may choose another fraction."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     def evaluate(self, model, split: str = "test") -> float:
         """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``split`` ('val' or 'test')."""
@@ -328,6 +367,18 @@ class StageContext:
     def plot_path(self, name: str):
         """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""
         return (self.out_dir / name) if self.dist.is_main else None
+
+
+def epochs_for_steps(run_epochs: int, epochs: int | None, min_steps: int, per_epoch: int) -> int:
+    """``epochs`` when given; else ``run_epochs`` raised to ``ceil(min_steps / per_epoch)``.
+
+    A run of 0 epochs (no training asked for) stays at 0, as does ``min_steps`` 0.
+    """
+    if epochs is not None:
+        return epochs
+    if run_epochs <= 0 or min_steps <= 0:
+        return run_epochs
+    return max(run_epochs, math.ceil(min_steps / max(per_epoch, 1)))
 
 
 def model_names() -> list[str]:

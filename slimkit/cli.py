@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from slimkit.config import read_toml, run_defaults
+from slimkit.config import DEFAULT_STAGE_EPOCHS, read_toml, run_defaults
 from slimkit.errors import UserError
 
 try:  # typer >= 0.16 vendors its own click; older typer uses click itself
@@ -78,9 +78,10 @@ def compress(
     method: Optional[List[str]] = typer.Option(None, "--method", "-m", help="Method to apply; repeat to chain."),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Method option KEY=VALUE or METHOD.KEY=VALUE."),
     recipe: Optional[Path] = typer.Option(None, help="TOML file with the run's settings and [[stage]] tables."),
-    epochs: Optional[int] = typer.Option(None, help=f"Epochs per method stage (default {DEFAULTS['epochs']})."),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs per method stage (default {DEFAULT_STAGE_EPOCHS}; prune and sws raise "
+                                         "it on small data sets to their minimum optimizer steps)."),
     baseline_epochs: Optional[int] = typer.Option(None, help=f"Epochs to train a zoo baseline (default {DEFAULTS['baseline_epochs']})."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: 0.1 SGD / 1e-3 Adam; method stages start at 1/5 of it, prune at 1/2)."),
     batch_size: Optional[int] = typer.Option(None, help=f"Global batch size (default {DEFAULTS['batch_size']})."),
     optimizer: Optional[str] = typer.Option(None, help=f"sgd or adam (default {DEFAULTS['optimizer']})."),
     seed: Optional[int] = typer.Option(None, help=f"Seed for data split, init, shuffling (default {DEFAULTS['seed']})."),
@@ -94,6 +95,9 @@ def compress(
     latency: bool = typer.Option(DEFAULTS["latency"], help="Measure latency of baseline and result."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     quiet: bool = typer.Option(DEFAULTS["quiet"], help="No progress output."),
+    collapse_threshold: float = typer.Option(DEFAULTS["collapse_threshold"], help="Flag a stage that loses more "
+                                             "than this many points of accuracy as a collapse (red in the summary, "
+                                             "a warning in report.json)."),
 ):
     """Compress a model: train or load a baseline, apply methods in order, write OUT/model.slim and OUT/report.json."""
     from slimkit.pipeline import Run, RunConfig
@@ -123,7 +127,7 @@ def compress(
         optimizer=pick(optimizer, "optimizer"), seed=pick(seed, "seed"),
         out=pick(out_dir, "out", f"runs/{Path(mdl).stem}-{'-'.join(methods)}"), teacher=pick(teacher, "teacher"),
         weights=weights, trust_checkpoint=trust_checkpoint, resume=resume, sparse_inference=sparse_inference,
-        latency=latency, quiet=quiet or as_json,
+        latency=latency, quiet=quiet or as_json, collapse_threshold=collapse_threshold,
     )
     run = Run(cfg, option_pairs=_pairs(set_, "--set"))
     report = run.execute()
@@ -172,7 +176,10 @@ def print_summary(report: dict, out_path: Path) -> None:
     for s in report["stages"]:
         uplift = (f", {100 * s['kd_uplift']:+.2f} pt over its labels-only control"
                   if isinstance(s.get("kd_uplift"), (int, float)) else "")
-        out.print(f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %{uplift}, {s['seconds']:.1f} s")
+        line = f"  stage {s['method']}: accuracy {100 * s['accuracy']:.2f} %{uplift}, {s['seconds']:.1f} s"
+        out.print(f"[bold red]{line}: COLLAPSE[/bold red]" if s.get("collapse") else line, highlight=False)
+    for warning in report.get("warnings", []):
+        out.print(f"[bold red]WARNING: {escape(warning['message'])}[/bold red]", highlight=False)
     out.print(f"wrote {out_path / 'model.slim'}, {out_path / 'report.json'}, {out_path / 'report.html'}")
 
 

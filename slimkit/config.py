@@ -14,6 +14,15 @@ from pathlib import Path
 from slimkit.errors import UserError
 
 
+#: The base learning rate of each optimizer when the run gives no --lr.
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+
+#: Epochs of a method stage when the run gives none. Methods that need a number of optimizer
+#: steps rather than of epochs (prune, sws: their ``min_steps``) raise it on small data sets;
+#: epochs the user gives (``--epochs``, a recipe, a grid, a method's ``epochs``) are kept.
+DEFAULT_STAGE_EPOCHS = 10
+
+
 @dataclass
 class RunConfig:
     model: str = "lenet300"
@@ -21,7 +30,7 @@ class RunConfig:
     methods: list = field(default_factory=lambda: ["prune"])
     options: dict = field(default_factory=dict)  # method -> {key: raw value}
     model_options: dict = field(default_factory=dict)
-    epochs: int = 10
+    epochs: int | None = None  # method stages; None = DEFAULT_STAGE_EPOCHS, which a method may raise
     baseline_epochs: int = 20
     lr: float | None = None
     batch_size: int = 64
@@ -37,6 +46,9 @@ class RunConfig:
     quiet: bool = False
     cache_dir: str | None = None
     val_fraction: float = 0.1
+    #: A stage that loses more than this many points of test accuracy is flagged as a collapse
+    #: (red in the summary, a ``warnings`` entry in report.json, with the method's hint).
+    collapse_threshold: float = 5.0
 
 
 # (setting, type, lowest allowed value) for the RunConfig fields a user sets; None: no bound
@@ -44,6 +56,7 @@ _SETTING_RULES = {
     "model": (str, None), "data": (str, None), "epochs": (int, 0), "baseline_epochs": (int, 0),
     "lr": (float, None), "batch_size": (int, 1), "optimizer": (str, None), "seed": (int, 0),
     "out": (str, None), "teacher": (str, None), "weights": (str, None), "val_fraction": (float, None),
+    "collapse_threshold": (float, 0),
 }
 
 
@@ -56,7 +69,7 @@ def validate_config(cfg: RunConfig) -> None:
     types, NaN and infinity, ranges. Each failure is one :class:`UserError` line."""
     for name, (kind, low) in _SETTING_RULES.items():
         value = getattr(cfg, name)
-        if value is None and name in ("lr", "teacher", "weights"):
+        if value is None and name in ("epochs", "lr", "teacher", "weights"):
             continue
         ok = isinstance(value, kind) and not isinstance(value, bool)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -70,6 +83,9 @@ def validate_config(cfg: RunConfig) -> None:
             raise UserError(f"{_flag(name)} {value} is invalid: expected an integer >= {low}")
     if cfg.lr is not None and not cfg.lr > 0:
         raise UserError(f"--lr {cfg.lr} is invalid: expected a positive number")
+    if not cfg.collapse_threshold <= 100:
+        raise UserError(f"--collapse-threshold {cfg.collapse_threshold} is invalid: expected points of accuracy "
+                        "in [0, 100]")
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"val_fraction {cfg.val_fraction} is invalid: expected a number in (0, 1)")
     if cfg.optimizer not in ("sgd", "adam"):

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from slimkit import __version__, atomic, distributed, faults, storage
 from slimkit.allocation import budgets_for_stage
 from slimkit.api import StageContext
-from slimkit.config import RunConfig, validate_config  # RunConfig: imported from here too
+from slimkit.config import DEFAULT_STAGE_EPOCHS, RunConfig, validate_config  # RunConfig: imported from here too
 from slimkit.data import load_data
 from slimkit.errors import TrainingDiverged, UserError
 from slimkit.measure import (LATENCY_REPEATS, LATENCY_WARMUP, latency_note, measure_latency, model_stats,
@@ -33,6 +34,12 @@ from slimkit.progress import Reporter
 from slimkit.reports import run_provenance, write_report_html
 from slimkit.rundir import OutLock, check_resume_settings
 from slimkit.train import Trainer, seed_everything
+
+
+
+#: What a collapse hint says when the method has none of its own.
+GENERIC_COLLAPSE_HINT = ("likely cause: too short a retraining or too high a learning rate for this stage; "
+                         "try more --epochs or a lower --lr, or a milder setting of the method's options")
 
 
 def assign_options(methods: list[str], registry, pairs: list[tuple[str, str]], preset: dict | None = None) -> dict:
@@ -136,7 +143,8 @@ class Run:
 
     def context(self, stage: str, trainer: Trainer, teacher) -> StageContext:
         return StageContext(stage=stage, data=self.bundle, device=self.device, dist=self.dist, out_dir=self.work,
-                            seed=self.cfg.seed, epochs=self.cfg.epochs, lr=self.cfg.lr,
+                            seed=self.cfg.seed, lr=self.cfg.lr, epochs_set=self.cfg.epochs is not None,
+                            epochs=DEFAULT_STAGE_EPOCHS if self.cfg.epochs is None else self.cfg.epochs,
                             batch_size=self.cfg.batch_size, optimizer=self.cfg.optimizer, teacher=teacher,
                             model_name=self.cfg.model, log=self.log, _trainer=trainer, _registry=self.registry,
                             _budgets=budgets_for_stage)
@@ -265,6 +273,7 @@ class Run:
 
         trainer = self.trainer(cfg.resume, self.work / "checkpoints", metrics_path)
         stages = []
+        previous = self._evaluate(trainer, baseline_model)  # the accuracy the first stage starts from
         for index, (method, opts) in enumerate(zip(self.methods, self.options)):
             stage_file = self.work / f"stage-{index}-{method.name}.slim"
             stage_json = stage_file.with_suffix(".json")
@@ -272,6 +281,7 @@ class Run:
                 model = storage.load_model(stage_file, self.registry).model.to(self.device)
                 stages.append(json.loads(stage_json.read_text()))
                 self.log(f"{method.name}: finished earlier, restored from {stage_file.name}")
+                previous = stages[-1]["accuracy"]
                 continue
             seed_everything(cfg.seed + index + 1)
             ctx = self.context(method.name, trainer, teacher)
@@ -285,6 +295,11 @@ class Run:
             model.to(self.device)
             result = {"method": method.name, "options": opts, "accuracy": self._evaluate(trainer, model),
                       "seconds": time.perf_counter() - t0, **ctx.results}
+            collapse = self._collapse(index, method, opts, ctx, previous, result["accuracy"])
+            if collapse is not None:
+                result["collapse"] = collapse
+                self.log(f"[bold red]{method.name}: COLLAPSE {escape(collapse['message'])}[/bold red]")
+            previous = result["accuracy"]
             stages.append(result)
             if self.dist.is_main:
                 self.registry.emit("stage_finished", stage=method.name, result=result)
@@ -310,6 +325,18 @@ class Run:
         if teardown:
             distributed.teardown(self.dist)
         return report
+
+    def _collapse(self, index: int, method, opts: dict, ctx, before: float, after: float) -> dict | None:
+        """A warning entry when stage ``index`` lost more than the threshold (points), else None."""
+        drop = 100.0 * (before - after)
+        if not drop > self.cfg.collapse_threshold:
+            return None
+        hint = method.collapse_hint(opts, ctx) or GENERIC_COLLAPSE_HINT
+        message = (f"stage {index} ({method.name}) fell from {100 * before:.2f} % to {100 * after:.2f} % "
+                   f"(-{drop:.2f} points, threshold {self.cfg.collapse_threshold:g}): {hint}")
+        return {"kind": "collapse", "stage": index, "method": method.name, "accuracy_before": before,
+                "accuracy_after": after, "drop_points": drop, "threshold_points": self.cfg.collapse_threshold,
+                "hint": hint, "message": message}
 
     def _evaluate(self, trainer, model) -> float:
         return trainer.evaluate(model, self.bundle, "test")
@@ -359,6 +386,7 @@ class Run:
             "compression_ratio": baseline["size_bytes"] / final["size_bytes"],
             "stages": stages,
             "sparse_inference": sparse_layers,
+            "warnings": [s["collapse"] for s in stages if s.get("collapse")],
             "seconds": seconds,
             "accuracy_note": "accuracy on the test split, from the artifact loaded back from disk",
             **run_provenance(cfg, self.device),

@@ -23,11 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit import atomic, distributed
-from slimkit.api import DistInfo, TrainCallback
+from slimkit.api import DistInfo
+from slimkit.config import DEFAULT_LR
 from slimkit.errors import TrainingDiverged, UserError
 from slimkit.nn import zero_pruned
 
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 FINETUNE_LR_FACTOR = 0.2  # methods fine-tune from a fifth of the baseline's rate unless told otherwise
 
 

@@ -34,7 +34,7 @@ class RecordingTrainer(Trainer):
 
     def fit(self, model, ctx, **kw):
         self.calls.append({"label": kw.get("label"), "loss": kw.get("loss"), "epochs": kw.get("epochs"),
-                           "lr": kw.get("lr"), "model": model,
+                           "lr": kw.get("lr"), "model": model, "callbacks": list(kw.get("callbacks", ())),
                            "initial": {k: v.detach().clone() for k, v in model.state_dict().items()}})
         return super().fit(model, ctx, **kw)
 
@@ -224,6 +224,52 @@ def test_baseline_trains_the_identical_student_on_labels(tmp_path, monkeypatch):
     assert r["kd_uplift"] == pytest.approx(r["student_accuracy"] - r["labels_only_accuracy"])
     assert r["student_params"] == count_params(student) < r["teacher_params"] == count_params(teacher)
     assert r["teacher_logits_cached"] is True
+    # both trainings warm the learning rate up over the same first epoch (230 examples / 64 = 4 steps)
+    warmups = [[cb for cb in call["callbacks"] if isinstance(cb, ds.KDWarmup)] for call in (kd_call, control)]
+    assert [len(w) for w in warmups] == [1, 1] and warmups[0][0] is warmups[1][0]
+    assert warmups[0][0].steps == ctx.steps_per_epoch() == 4 == r["warmup_steps"]
+
+
+def test_warmup_scales_gradients_linearly_over_its_steps_only():
+    warmup = ds.KDWarmup(4)
+    assert [warmup.factor(t) for t in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    model = nn.Linear(3, 2)
+    for step, factor in [(0, 0.25), (2, 0.75), (3, 1.0), (40, 1.0)]:
+        model.zero_grad()
+        model(torch.ones(1, 3)).sum().backward()
+        full = [p.grad.clone() for p in model.parameters()]
+        warmup.after_backward(model, step)
+        assert all(torch.equal(p.grad, g * factor) for p, g in zip(model.parameters(), full))
+    assert ds.KDWarmup(0).factor(0) == 1.0  # warmup_epochs=0: none
+
+
+def test_warmup_keeps_a_confident_teachers_first_steps_small(tmp_path):
+    """The failure it prevents: T^2-scaled KD gradients of a confident teacher are several times those of
+    cross-entropy at the start, and the warm-up's first step moves the student by a fraction of it."""
+    bundle = make_bundle()
+    teacher = make_teacher(bundle, seed=2)
+    with torch.no_grad():  # a confident teacher, as a trained one is: top-1 margins of ~20
+        teacher.classifier.fc3.weight.mul_(20.0)
+    x, y = bundle.tensors("train")
+    logits = ds.teacher_logits(teacher, x, torch.device("cpu"))
+    torch.manual_seed(0)
+    student = get_registry().build_model("lenet5", bundle.input_shape, 4, width=0.25)
+
+    def grad_norm(loss_value):
+        student.zero_grad()
+        loss_value.backward()
+        return float(torch.sqrt(sum((p.grad ** 2).sum() for p in student.parameters())))
+
+    kd = ds.CachedKDLoss(logits, temperature=4.0, alpha=0.9)
+    kd.on_batch(student, 0, torch.arange(64))
+    kd_norm = grad_norm(kd(student, x[:64], y[:64])[0])
+    ce_norm = grad_norm(F.cross_entropy(student(x[:64]), y[:64]))
+    assert kd_norm > 2 * ce_norm
+    warmup = ds.KDWarmup(10)
+    grad_norm(kd(student, x[:64], y[:64])[0])
+    warmup.after_backward(student, 0)
+    scaled = float(torch.sqrt(sum((p.grad ** 2).sum() for p in student.parameters())))
+    assert scaled == pytest.approx(kd_norm / 10, rel=1e-5)
 
 
 def test_augmented_data_runs_the_teacher_on_every_batch(tmp_path, monkeypatch):
@@ -386,7 +432,8 @@ def test_hinton_cli_end_to_end(tmp_path, monkeypatch):
     assert st["teacher_accuracy"] == pytest.approx(report["baseline"]["accuracy"])
     assert st["student_accuracy"] == pytest.approx(report["final"]["accuracy"])  # the artifact is the student
     assert st["student_params"] == report["final"]["params"] < st["teacher_params"] == report["baseline"]["params"]
-    assert st["teacher_logits_cached"] is True and st["temperature"] == 4.0 and st["alpha"] == 0.9
+    assert st["teacher_logits_cached"] is True and st["temperature"] == 2.0 and st["alpha"] == 0.9
+    assert st["warmup_steps"] == 4  # one epoch: 230 train examples at batch 64
     assert calls and all(c["labels"] is not None and c["alpha"] == 0.9 for c in calls)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     kd_epochs = [m for m in metrics if m["stage"] == "distill"]

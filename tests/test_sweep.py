@@ -293,14 +293,16 @@ def test_cli_and_sweep_defaults_are_runconfigs(tmp_path, monkeypatch):
 
     commands = typer.main.get_command(app).commands
     compress_flags = {p.name: p.default for p in commands["compress"].params}
-    for name in ("trust_checkpoint", "resume", "sparse_inference", "latency", "quiet"):
+    for name in ("trust_checkpoint", "resume", "sparse_inference", "latency", "quiet", "collapse_threshold"):
         assert compress_flags[name] == getattr(defaults, name), name
     train = {p.name: p.default for p in commands["train"].params}
     assert (train["model"], train["data"], train["epochs"], train["lr"], train["batch_size"], train["optimizer"],
             train["seed"]) == (defaults.model, defaults.data, defaults.baseline_epochs, defaults.lr,
                                defaults.batch_size, defaults.optimizer, defaults.seed)
     helps = {p.name: p.help for p in commands["compress"].params}
-    assert f"(default {defaults.epochs})" in helps["epochs"]
+    from slimkit.config import DEFAULT_STAGE_EPOCHS
+
+    assert defaults.epochs is None and f"(default {DEFAULT_STAGE_EPOCHS};" in helps["epochs"]
     assert f"(default {defaults.baseline_epochs})" in helps["baseline_epochs"]
 
     grid = read_grid(write(tmp_path / "g.toml", 'models = ["lenet300"]\ndata = ["digits"]\n'))

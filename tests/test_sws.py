@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from slimkit import storage
-from slimkit.api import DistInfo, StageContext
+from slimkit.api import DistInfo, StageContext, epochs_for_steps
 from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
@@ -143,7 +143,7 @@ def test_quick_run_prunes_95_percent_and_stores_a_codebook(tmp_path):
     method = sws.SoftWeightSharing()
     # faster-converging settings than the paper's, for a six-epoch run on a tiny set (~98 % zeros)
     opts = method.parse_options({"init_std": 0.05, "lr": 2e-3, "lr_means": 1e-3, "lr_log_vars": 0.03,
-                                 "pi_zero": 0.9999})
+                                 "pi_zero": 0.9999, "min_steps": 0})
     ctx = make_ctx(tmp_path, 6)
     out = method.apply(model, ctx, opts)
     layers = codebook_layers(out)
@@ -194,5 +194,36 @@ def test_options_are_checked():
     opts = method.parse_options({})
     assert (opts["components"], opts["pi_zero"], opts["tau"], opts["init_std"]) == (16, 0.999, 5e-3, 0.0)
     assert (opts["gamma_zero_a"], opts["gamma_zero_b"], opts["gamma_a"], opts["gamma_b"]) == (5000, 2, 250, 0.1)
+    assert (opts["epochs"], opts["min_steps"]) == (None, sws.MIN_STEPS_DEFAULT)
     with pytest.raises(UserError, match="no nn.Conv2d"):
         method.check(nn.Sequential(nn.ReLU()), opts)
+
+
+def test_unset_epochs_are_raised_to_the_minimum_steps():
+    # the run's epochs when they give enough steps; else ceil(min_steps / steps an epoch)
+    assert epochs_for_steps(10, None, 3000, 113) == 27  # MNIST split: 7,200 / 64 -> 113 steps an epoch
+    assert epochs_for_steps(10, None, 3000, 21) == 143  # digits: 1,294 / 64 -> 21
+    assert epochs_for_steps(40, None, 3000, 113) == 40
+    # given epochs are kept, and so is a run of 0 epochs (no retraining asked for)
+    assert epochs_for_steps(10, 5, 3000, 21) == 5
+    assert epochs_for_steps(0, None, 3000, 21) == 0
+    assert epochs_for_steps(10, None, 0, 21) == 10
+
+
+def test_min_steps_raise_only_a_default_epoch_count(tmp_path):
+    ctx = make_ctx(tmp_path, 1)  # 11 steps an epoch
+    assert ctx.stage_epochs(None, 40) == 1  # --epochs given: kept
+    assert ctx.stage_epochs(7, 40) == 7  # the method's epochs option: kept
+    ctx.epochs_set = False
+    assert ctx.stage_epochs(None, 40) == 4 and ctx.stage_epochs(None, 0) == 1 and ctx.stage_epochs(2, 40) == 2
+
+
+def test_stage_records_its_steps(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 4))
+    method = sws.SoftWeightSharing()
+    ctx = make_ctx(tmp_path, 1)  # 346 train examples at batch 32: 11 steps an epoch
+    ctx.epochs_set = False  # the run's epochs are the engine's default, not the user's
+    method.apply(model, ctx, method.parse_options({"plots": False, "min_steps": 40}))
+    assert (ctx.results["steps_per_epoch"], ctx.results["epochs"], ctx.results["optimizer_steps"]) == (11, 4, 44)
+    assert len(ctx.results["mixture_history"]) == 4

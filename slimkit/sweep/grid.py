@@ -24,7 +24,7 @@ GRID_KEYS = {
     "model_options": "table of model options; a list value is swept",
     "data": "list of data set specs",
     "seeds": f"list of seeds (default [{DEFAULTS['seed']}])",
-    "epochs": f"epochs per method stage (default {DEFAULTS['epochs']})",
+    "epochs": "epochs per method stage (default 10; prune and sws raise it on small data sets to their min_steps)",
     "baseline_epochs": f"epochs to train each baseline (default {DEFAULTS['baseline_epochs']})",
     "lr": "learning rate (default: the optimizer's)",
     "batch_size": f"batch size (default {DEFAULTS['batch_size']})",

@@ -136,7 +136,7 @@ def _group_title(row: dict) -> str:
 def markdown(grid: Grid, rows: list[dict]) -> str:
     swept = grid.swept
     parts = [f"# Sweep results: {grid.path.name}", "",
-             f"Test accuracy (%) of every cell; method stages {grid.epochs} epochs, baselines "
+             f"Test accuracy (%) of every cell; method stages {grid.epochs if grid.epochs is not None else 'the default'} epochs, baselines "
              f"{grid.baseline_epochs} epochs. Epochs to 95 %: first epoch whose validation accuracy reaches "
              "95 % of the stage's final (best) validation accuracy.", ""]
     groups: dict[str, list[dict]] = {}
