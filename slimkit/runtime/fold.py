@@ -111,6 +111,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         folded += 1
+    gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
     return folded

@@ -1,0 +1,239 @@
+"""slimkit.runtime: BatchNorm folding is exact, CSR layers are lowered to slimkit's kernels,
+and every zoo model (dense, pruned -> sparse inference, low-rank, quantized) gives the eager
+model's outputs through the runtime, within float32 tolerance."""
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.models import lenet, mobilenet, resnet, vgg
+from slimkit.nn import MaskedMixin, quantizable_layers, quantized_twin, replace_layer, to_masked
+from slimkit.ops import backend as ops_backend
+from slimkit.ops.conv import SparseConv2d
+from slimkit.ops.linear import SparseLinear
+from slimkit.ops.sparse_inference import to_sparse_inference
+from slimkit.runtime import RuntimeModel, compile_model
+from slimkit.runtime.fold import fold_conv_bn, fold_csr_bn, fold_linear_bn
+from slimkit.runtime.select import RTOL, outputs_match
+
+native = pytest.mark.skipif(not ops_backend.native_available(), reason="native kernels unavailable")
+
+MNIST, CIFAR = [1, 28, 28], [3, 32, 32]
+ZOO = {
+    "lenet300": (lambda: lenet.lenet300(MNIST, 10, width=0.25), MNIST),
+    "lenet5": (lambda: lenet.lenet5(MNIST, 10), MNIST),
+    "vgg11": (lambda: vgg.vgg11(MNIST, 10, width=0.125), MNIST),
+    "minivgg": (lambda: vgg.minivgg(CIFAR, 10, width=0.125), CIFAR),
+    "resnet20": (lambda: resnet.resnet20(CIFAR, 10, width=0.25), CIFAR),
+    "mobilenetv2": (lambda: mobilenet.mobilenetv2(CIFAR, 10, width=0.25), CIFAR),
+}
+SLOW = {"mobilenetv2", "minivgg"}
+
+
+def _randomize_bn(model):
+    """Non-trivial BatchNorm statistics (a fresh BN is the identity, which folding would pass trivially)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+def _prune(model, sparsity=0.9):
+    """Random unstructured masks (90 %), then the CSR inference layers."""
+    to_masked(model)
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, MaskedMixin):
+            m.set_mask((torch.rand(m.weight.shape, generator=g) >= sparsity).float())
+    to_sparse_inference(model)
+    return model
+
+
+def _lowrank(model):
+    from slimkit_plugins.lowrank import decompose_conv, decompose_linear
+
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.Conv2d and m.groups == 1 and m.kernel_size == (3, 3) and m.in_channels > 3:
+            replace_layer(model, name, decompose_conv(m, max(1, m.out_channels // 2)))
+        elif type(m) is nn.Linear and min(m.weight.shape) > 4:
+            replace_layer(model, name, decompose_linear(m, min(m.weight.shape) // 2))
+    return model.eval()
+
+
+def _int8(model):
+    from slimkit import storage
+    from slimkit_plugins.quantize import int8_quantize
+
+    to_masked(model)
+    for name, m in quantizable_layers(model):
+        twin = quantized_twin(m, "int8")
+        q, scale = int8_quantize(twin.weight, twin.weight_mask)
+        with torch.no_grad():
+            twin.weight_scale.copy_(scale)
+            twin.weight.copy_(storage.int8_dequantize(q, scale))
+        replace_layer(model, name, twin)
+    return model.eval()
+
+
+VARIANTS = {"dense": lambda m: m, "pruned": _prune, "lowrank": _lowrank, "int8": _int8}
+
+
+def _check(model, shape, backend, batch=2):
+    rm = compile_model(model, shape, backend=backend)
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x)
+    got = rm(x)
+    ok, err = outputs_match(got, want)
+    assert ok, f"max relative error {err:.3g} > {RTOL}"
+    return rm
+
+
+# --------------------------------------------------------------------------- folding
+
+def test_fold_conv_bn_is_exact_in_float64():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1).double()
+    bn = _randomize_bn(nn.BatchNorm2d(8)).double()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = bn(conv(x)), fold_conv_bn(conv, bn)(x)
+    assert (got - want).abs().max() < 1e-12
+
+
+def test_fold_linear_bn_is_exact_in_float64_without_bias():
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 6, bias=False).double()
+    bn = _randomize_bn(nn.BatchNorm1d(6)).double()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = bn(linear(x)), fold_linear_bn(linear, bn)(x)
+    assert (got - want).abs().max() < 1e-12
+
+
+def test_fold_csr_bn_keeps_the_sparsity_pattern_and_is_exact_in_float64():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.mul_((torch.rand(conv.weight.shape) > 0.9).double())
+    sparse = SparseConv2d.from_conv(conv)
+    bn = _randomize_bn(nn.BatchNorm2d(16)).double()
+    folded = fold_csr_bn(sparse, bn)
+    assert torch.equal(folded.row_ptr, sparse.row_ptr) and torch.equal(folded.col_idx, sparse.col_idx)
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = bn(sparse(x)), folded(x)
+    assert (got - want).abs().max() < 1e-12
+
+
+def test_runtime_folds_every_batchnorm_of_vgg():
+    model = _randomize_bn(vgg.vgg11(MNIST, 10, width=0.125))
+    rm = RuntimeModel(model, MNIST, backend="eager")
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert bns == 8 and rm.folded_batchnorms == bns
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in rm.graph.modules())
+
+
+def test_model_is_not_changed_by_the_runtime():
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _check(model, MNIST, "eager")
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------------------- lowering
+
+@native
+def test_pruned_layers_run_slimkits_kernels_inside_the_graph():
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))
+    rm = _check(model, MNIST, "eager")
+    layers = rm.report()["shapes"][0]["layers"]
+    sparse = [entry for entry in layers if entry["path"] == "sparse kernel"]
+    assert len(layers) == 8 + 1 and len(sparse) >= 5  # 8 convs + classifier; 1x1 planes may run dense
+    calls = [n.target for n in rm._built[next(iter(rm._built))][0].graph.nodes if n.op == "call_function"]
+    assert calls.count(torch.ops.slimkit.sparse_conv2d.default) == sum(e["kind"] == "conv" for e in sparse)
+    assert torch.relu_ in calls  # the ReLU after a kernel runs in place on its output
+
+
+@native
+def test_sparse_linear_is_lowered_per_batch_size():
+    """The kernel pays from SPARSE_LINEAR_MIN_MACS: 300->32 is dense at batch 1 (9.6 K MACs), sparse at 64 (614 K)."""
+    model = _prune(nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 32)).eval())
+    rm = RuntimeModel(model, MNIST, backend="eager")
+    paths = {b: [e["path"] for e in rm.prepare(b)["layers"]] for b in (1, 64)}
+    assert paths[1] == ["sparse kernel", "dense"]  # 784x300 = 235 K MACs at batch 1
+    assert paths[64] == ["sparse kernel", "sparse kernel"]
+    for b in (1, 64):
+        x = torch.randn(b, *MNIST)
+        assert outputs_match(rm(x), model(x))[0]
+
+
+def test_reference_kernels_lower_to_dense(monkeypatch):
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))
+    monkeypatch.setattr(RuntimeModel, "native", property(lambda self: False))
+    rm = _check(model, MNIST, "eager")
+    assert all(e["path"] == "dense" for e in rm.report()["shapes"][0]["layers"])
+
+
+def test_input_shape_is_checked():
+    rm = RuntimeModel(lenet.lenet300(MNIST, 10, width=0.25).eval(), MNIST, backend="eager")
+    with pytest.raises(ValueError, match="takes"):
+        rm(torch.randn(2, 1, 28, 27))
+
+
+# --------------------------------------------------------------------------- every zoo model
+
+CASES = [pytest.param(name, variant, marks=[pytest.mark.slow] if name in SLOW else [])
+         for name in ZOO for variant in VARIANTS]
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+def test_zoo_model_through_runtime_equals_eager(name, variant):
+    factory, shape = ZOO[name]
+    torch.manual_seed(0)
+    model = VARIANTS[variant](_randomize_bn(factory()))
+    _check(model, shape, "jit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg11", "resnet20", "lenet300"])
+def test_compile_backend_equals_eager(name):
+    factory, shape = ZOO[name]
+    model = _prune(_randomize_bn(factory()))
+    _check(model, shape, "compile")
+
+
+@pytest.mark.slow
+def test_auto_measures_the_candidates_and_records_the_choice(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("SLIMKIT_CACHE", str(tmp_path))
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))
+    rm = RuntimeModel(model, MNIST, candidates=("jit", "eager"))
+    info = rm.prepare(2)
+    assert set(info["choice"]["median_ms"]) == {"jit", "eager"}
+    assert info["backend"] == min(info["choice"]["median_ms"], key=info["choice"]["median_ms"].get)
+    recorded = json.loads((tmp_path / "runtime" / "choices.json").read_text())
+    assert [v["backend"] for v in recorded.values()] == [info["backend"]]
+    again = RuntimeModel(model, MNIST, candidates=("jit", "eager")).prepare(2)
+    assert again["choice"]["cached"] and again["backend"] == info["backend"]
+
+
+def test_load_runs_a_slim_file(tmp_path):
+    import slimkit
+    from slimkit import storage
+    from slimkit.plugins import get_registry
+
+    model = _prune(_randomize_bn(lenet.lenet5(MNIST, 10)))
+    path = tmp_path / "m.slim"
+    storage.save_model(path, model, get_registry(), info={"input_shape": MNIST, "num_classes": 10})
+    rm = slimkit.load(path, backend="eager")
+    x = torch.randn(2, *MNIST)
+    assert outputs_match(rm(x), model(x))[0]
+    assert any(isinstance(m, (SparseConv2d, SparseLinear)) for m in rm._eager.modules())
