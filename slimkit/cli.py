@@ -372,6 +372,29 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
             out.print(f"{k:<10} {v}")
 
 
+@app.command()
+def run(
+    model_file: Path = typer.Argument(..., help="A .slim file."),
+    batch: int = typer.Option(1, "--batch", help="Examples per call."),
+    threads: int = typer.Option(1, "--threads", help="Intra-op threads."),
+    runs: int = typer.Option(50, "--runs", help="Timed calls (benchmark)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed calls first (benchmark)."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="Predict this .npy array instead of timing."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Save the predictions (.npy)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (measured), jit, compile or eager."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Run a .slim model through slimkit's runtime: benchmark it against eager, or predict --input."""
+    from slimkit.runtime.run import print_result, run_command
+
+    result = run_command(model_file, batch=batch, threads=threads, runs=runs, warmup=warmup, input_file=input_file,
+                         out_file=out_file, backend=backend)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_result(result, out)
+
+
 @bench_app.command("kernels")
 def bench_kernels(
     op: Optional[List[str]] = typer.Option(None, "--op", help="Only these ops (kd_loss, gmm_prior, conv)."),

@@ -237,3 +237,69 @@ def test_load_runs_a_slim_file(tmp_path):
     x = torch.randn(2, *MNIST)
     assert outputs_match(rm(x), model(x))[0]
     assert any(isinstance(m, (SparseConv2d, SparseLinear)) for m in rm._eager.modules())
+
+
+# --------------------------------------------------------------------------- slimkit run
+
+@pytest.fixture
+def slim_file(tmp_path):
+    from slimkit import storage
+    from slimkit.plugins import get_registry
+
+    model = _prune(_randomize_bn(lenet.lenet5(MNIST, 10)))
+    path = tmp_path / "m.slim"
+    storage.save_model(path, model, get_registry(), info={"input_shape": MNIST, "num_classes": 10})
+    return path, model
+
+
+def test_run_predicts_and_saves_the_models_outputs(slim_file, tmp_path, capsys):
+    import numpy as np
+    from conftest import cli
+
+    path, model = slim_file
+    x = np.random.default_rng(0).standard_normal((5, *MNIST)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert cli("run", path, "--input", tmp_path / "x.npy", "--out", tmp_path / "y.npy", "--batch", 2,
+               "--backend", "eager") == 0
+    y = np.load(tmp_path / "y.npy")
+    with torch.no_grad():
+        want = model(torch.from_numpy(x))
+    assert y.shape == (5, 10) and outputs_match(torch.from_numpy(y), want)[0]
+    printed = capsys.readouterr().out
+    assert all(f"row {i}: class {c}" in printed for i, c in enumerate(want.argmax(1).tolist()))
+
+
+def test_run_benchmark_reports_both_timings(slim_file, capsys):
+    import json
+    from conftest import cli
+
+    path, _ = slim_file
+    assert cli("run", path, "--runs", 3, "--warmup", 1, "--backend", "jit", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"]["backend"] == "jit" and result["folded_batchnorms"] == 0
+    assert {"runtime", "eager"} <= set(result["timing"]) and result["timing"]["runtime"]["median_ms"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch", "0"], "--batch 0 is invalid"),
+    (["--backend", "tvm"], "--backend 'tvm' is invalid"),
+    (["--out", "y.npy"], "--out saves predictions"),
+    (["--input", "missing.npy"], "does not exist"),
+])
+def test_run_bad_options_are_one_line(slim_file, capsys, args, message):
+    from conftest import cli
+
+    path, _ = slim_file
+    assert cli("run", path, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_input_of_the_wrong_shape_is_one_line(slim_file, tmp_path, capsys):
+    import numpy as np
+    from conftest import cli
+
+    path, _ = slim_file
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 28, 28), np.float32))
+    assert cli("run", path, "--input", tmp_path / "x.npy", "--backend", "eager") == 2
+    assert "has shape [2, 3, 28, 28]" in capsys.readouterr().err
