@@ -407,6 +407,37 @@ def bench_kernels(
     kernels_command(ops=op, as_json=as_json, quick=quick)
 
 
+@bench_app.command("models")
+def bench_models(
+    model: List[str] = typer.Option(..., "--model", help="NAME=FILE.slim (repeat); or a .slim file."),
+    threads: List[int] = typer.Option([1, 2], "--threads", help="Intra-op threads (repeat)."),
+    batch: List[int] = typer.Option([1, 64], "--batch", help="Batch sizes (repeat)."),
+    rounds: int = typer.Option(15, help="Interleaved timed rounds per cell."),
+    candidates: str = typer.Option("jit,eager", help="Runtime backends to choose among (comma-separated)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Whole .slim models: eager / torch.compile / ONNX Runtime dense against slimkit's runtime, interleaved."""
+    from slimkit.bench.models import models_command, print_models
+    from slimkit.runtime import BACKENDS
+
+    pairs = []
+    for item in model:
+        name, sep, path = item.partition("=")
+        pairs.append((name, path) if sep else (Path(item).stem, item))
+    chosen = [c.strip() for c in candidates.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in BACKENDS]
+    if bad or not chosen:
+        raise UserError(f"--candidates {candidates!r} is invalid: expected some of {', '.join(BACKENDS)}")
+    for flag, values in (("--threads", threads), ("--batch", batch), ("--rounds", [rounds])):
+        if any(v < 1 for v in values):
+            raise UserError(f"{flag} must be >= 1")
+    result = models_command(pairs, threads=threads, batches=batch, rounds=rounds, candidates=chosen)
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        print_models(result, out)
+
+
 def _version() -> str:
     from slimkit import __version__
 
