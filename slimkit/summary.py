@@ -76,6 +76,9 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1) -> dict:
             "num_classes": header.get("num_classes"), "data": header.get("data", {}).get("description"),
             "layers": layers, **stats, "size_bytes": loaded.size_bytes, "tensor_bytes": sum(per_key.values()),
             "dense_fp32_bytes": dense_bytes, "ratio_to_dense_fp32": dense_bytes / loaded.size_bytes}
+    from slimkit.runtime.engines import engine_advice
+
+    desc["engines"] = engine_advice(desc)  # which engine makes this model faster (slimkit's runtime / ONNX Runtime)
     if latency:
         # A model with sparse-inference layers is timed side by side (interleaved, one run)
         # with its dense twin, the same weights decoded to plain Conv2d/Linear: the speed-up
@@ -110,6 +113,8 @@ def print_description(desc: dict, console) -> None:
     console.print(f"file: {desc['size_bytes']:,} bytes (tensors {desc['tensor_bytes']:,} + header and index "
                   f"{desc['size_bytes'] - desc['tensor_bytes']:,}); dense fp32: {desc['dense_fp32_bytes']:,} bytes; "
                   f"{desc['ratio_to_dense_fp32']:.2f}x smaller; sparsity {100 * desc['sparsity']:.2f} %")
+    if desc.get("engines"):
+        console.print(f"engines: {desc['engines']}", markup=False)
     if "latency_ms" in desc:
         console.print(f"latency: {desc['latency_ms']:.3f} ms ({desc['latency_note']})")
         if "latency_dense_ms" in desc:

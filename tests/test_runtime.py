@@ -303,3 +303,24 @@ def test_run_input_of_the_wrong_shape_is_one_line(slim_file, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((2, 3, 28, 28), np.float32))
     assert cli("run", path, "--input", tmp_path / "x.npy", "--backend", "eager") == 2
     assert "has shape [2, 3, 28, 28]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- which engine is faster
+
+def test_engine_advice_names_the_engine_that_uses_the_sparsity():
+    from slimkit.runtime.engines import engine_advice
+
+    sparse = {"sparsity": 0.9, "layers": [{"runs_sparse": True}, {"runs_sparse": False}, {}]}
+    text = engine_advice(sparse)
+    assert "faster only in slimkit's runtime" in text and "ONNX Runtime" in text and "runs this model dense" in text
+    assert "1 of 2" in text
+    assert "stored masked" in engine_advice({"sparsity": 0.9, "layers": [{}]})
+    assert "below the sparsity" in engine_advice({"sparsity": 0.5, "layers": [{"runs_sparse": False}]})
+    assert engine_advice({"sparsity": 0.0, "layers": []}).startswith("dense weights")
+
+
+def test_info_says_which_engine(slim_file):
+    from slimkit.summary import describe_model
+
+    path, _ = slim_file
+    assert "faster only in slimkit's runtime" in describe_model(path)["engines"]
