@@ -324,3 +324,18 @@ def test_info_says_which_engine(slim_file):
 
     path, _ = slim_file
     assert "faster only in slimkit's runtime" in describe_model(path)["engines"]
+
+
+@pytest.mark.slow
+def test_bench_models_checks_and_times_every_column(slim_file):
+    pytest.importorskip("onnxruntime")
+    from slimkit.bench.models import COLUMNS, models_command
+
+    path, _ = slim_file
+    result = models_command([("lenet5", str(path))], threads=(1,), batches=(2,), rounds=2, candidates=("eager",))
+    (row,) = result["rows"]
+    assert row["model"] == "lenet5" and row["batch"] == 2 and abs(row["sparsity"] - 0.9) < 0.02
+    for name in COLUMNS:
+        col = row["columns"][name]
+        assert col["median_ms"] > 0 and col["max_rel_error"] <= 1e-4, (name, col)
+    assert row["runtime_vs_ort"] == row["columns"]["ort dense"]["median_ms"] / row["columns"]["runtime"]["median_ms"]
