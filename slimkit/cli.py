@@ -413,7 +413,7 @@ def bench_models(
     threads: List[int] = typer.Option([1, 2], "--threads", help="Intra-op threads (repeat)."),
     batch: List[int] = typer.Option([1, 64], "--batch", help="Batch sizes (repeat)."),
     rounds: int = typer.Option(15, help="Interleaved timed rounds per cell."),
-    candidates: str = typer.Option("jit,eager", help="Runtime backends to choose among (comma-separated)."),
+    candidates: str = typer.Option("jit,freeze,eager", help="Runtime backends to choose among (comma-separated)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Whole .slim models: eager / torch.compile / ONNX Runtime dense against slimkit's runtime, interleaved."""

@@ -148,7 +148,7 @@ def _sparsity(model) -> float:
 
 
 def models_command(models: list[tuple[str, str]], *, threads=(1, 2), batches=(1, 64), rounds: int = 15,
-                   candidates=("jit", "eager")) -> dict[str, Any]:
+                   candidates=("jit", "freeze", "eager")) -> dict[str, Any]:
     """Benchmark each (name, .slim path); returns ``{"machine", "load_before", "load_after", "rows"}``."""
     from slimkit.bench import _machine
 

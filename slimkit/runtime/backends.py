@@ -3,6 +3,10 @@
 * ``jit``: ``torch.jit.trace`` of the graph, ``torch.jit.freeze`` (weights become
   constants) and ``torch.jit.optimize_for_inference`` (oneDNN convolutions with their
   ReLU fused, BatchNorm folding, dropout removal). One C++ interpreter call per forward.
+* ``freeze``: the same trace, frozen, without ``optimize_for_inference``: convolutions stay
+  ATen ops on plain tensors. On a graph whose convolutions mostly run slimkit's kernels,
+  the layout conversions that oneDNN needs around its few dense layers (``to_mkldnn`` /
+  ``to_dense``) can cost more than oneDNN saves; the measurement decides.
 * ``compile``: ``torch.compile`` (Inductor) with ``freezing`` on (constant weights,
   oneDNN weight pre-packing and conv/linear + activation fusion), static shapes.
 * ``eager``: the lowered fx graph run by Python, one op call per node.
@@ -21,10 +25,10 @@ import torch.fx as fx
 
 __all__ = ["BACKENDS", "build"]
 
-BACKENDS = ("jit", "compile", "eager")
+BACKENDS = ("jit", "freeze", "compile", "eager")
 
 
-def _jit(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
+def _jit(gm: fx.GraphModule, example: torch.Tensor, optimize: bool = True) -> Callable:
     with warnings.catch_warnings():
         # torch >= 2.10 marks torch.jit deprecated in favour of torch.export; it is still the
         # fastest frozen CPU path measured here, and only one candidate among three
@@ -35,7 +39,7 @@ def _jit(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
         with torch.no_grad():
             traced = torch.jit.trace(gm, (example,), check_trace=False)
             frozen = torch.jit.freeze(traced.eval())
-            return torch.jit.optimize_for_inference(frozen)
+            return torch.jit.optimize_for_inference(frozen) if optimize else frozen
 
 
 def _compile(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
@@ -52,7 +56,11 @@ def _eager(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
     return gm
 
 
-_BUILDERS = {"jit": _jit, "compile": _compile, "eager": _eager}
+def _freeze(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
+    return _jit(gm, example, optimize=False)
+
+
+_BUILDERS = {"jit": _jit, "freeze": _freeze, "compile": _compile, "eager": _eager}
 
 
 def build(name: str, gm: fx.GraphModule, example: torch.Tensor) -> Callable:
