@@ -339,3 +339,33 @@ def test_bench_models_checks_and_times_every_column(slim_file):
         col = row["columns"][name]
         assert col["median_ms"] > 0 and col["max_rel_error"] <= 1e-4, (name, col)
     assert row["runtime_vs_ort"] == row["columns"]["ort dense"]["median_ms"] / row["columns"]["runtime"]["median_ms"]
+
+
+# --------------------------------------------------------------------------- convs on 1x1 planes
+
+@pytest.mark.parametrize("kernel,padding,dilation,stride", [(3, 1, 1, 1), (5, 2, 1, 1), (3, 2, 2, 1), (1, 0, 1, 1),
+                                                            (3, 1, 1, 2), ((3, 1), (1, 0), 1, 1)])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_conv_on_a_single_pixel_becomes_an_exact_linear(kernel, padding, dilation, stride, sparse):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, kernel, stride=stride, padding=padding, dilation=dilation).double()
+    if sparse:
+        with torch.no_grad():
+            conv.weight.mul_((torch.rand(conv.weight.shape) > 0.9).double())
+        conv = SparseConv2d.from_conv(conv)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten()).eval()
+    rm = RuntimeModel(model, [16, 1, 1], backend="eager")
+    x = torch.randn(3, 16, 1, 1, dtype=torch.float64)
+    got = rm(x)
+    with torch.no_grad():
+        want = model(x)
+    assert (got - want).abs().max() < 1e-12
+    graph_modules = [type(m) for m in rm._built[next(iter(rm._built))][0].modules()]
+    assert SparseConv2d not in graph_modules and nn.Conv2d not in graph_modules
+
+
+def test_vggs_last_block_on_1x1_planes_runs_as_linear_layers():
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))  # 28 -> 14 -> 7 -> 3 -> 1: block5 on 1x1
+    rm = _check(model, MNIST, "eager", batch=64)
+    names = [e["name"] for e in rm.report()["shapes"][0]["layers"]]
+    assert "features_block5_conv1_as_linear" in names and "features.block5.conv1" not in names

@@ -13,6 +13,9 @@ decided once, with the rules its eager ``forward`` applies on every call
   the MAC floor, no native kernels): the node becomes a plain ``nn.Conv2d`` /
   ``nn.Linear``, so the dense backend (oneDNN) sees it like any other dense layer.
 
+Before that, convolutions on 1x1 feature maps become linear layers
+(:mod:`slimkit.runtime.single_pixel`, exact).
+
 An activation that is the only user of a kernel's output runs in place on it
 (``relu_``): one output buffer fewer. It is not fused into the kernel: the kernels of
 csrc/ have no activation epilogue (a dense layer's conv + ReLU is fused by oneDNN in
@@ -137,8 +140,12 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
     from slimkit.ops.conv import SparseConv2d
     from slimkit.ops.csr import CSRLayer
 
+    from slimkit.runtime.single_pixel import convs_on_single_pixels
+
     gm = copy.deepcopy(captured)
     ShapeProp(gm).propagate(example)
+    if convs_on_single_pixels(gm):
+        ShapeProp(gm).propagate(example)
     modules = dict(gm.named_modules())
     plans: list[LayerPlan] = []
     index = 0
