@@ -369,3 +369,25 @@ def test_vggs_last_block_on_1x1_planes_runs_as_linear_layers():
     rm = _check(model, MNIST, "eager", batch=64)
     names = [e["name"] for e in rm.report()["shapes"][0]["layers"]]
     assert "features_block5_conv1_as_linear" in names and "features.block5.conv1" not in names
+
+
+# --------------------------------------------------------------------------- max pools
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 9), (1, 4, 3, 3), (2, 1, 2, 2)])
+def test_max_pool_2x2_is_identical_to_max_pool2d(shape):
+    from slimkit.runtime.pool import max_pool_2x2
+
+    x = torch.randn(*shape)
+    x[0, 0, 0, 0] = float("nan")
+    assert torch.allclose(max_pool_2x2(x), nn.functional.max_pool2d(x, 2, 2), rtol=0, atol=0, equal_nan=True)
+
+
+def test_vggs_pools_are_rewritten_and_other_pools_kept():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.MaxPool2d(3, 2),
+                          nn.MaxPool2d(2, 2, ceil_mode=True), nn.Flatten()).eval()
+    rm = _check(model, [1, 15, 15], "eager")
+    gm = rm._built[next(iter(rm._built))][0]
+    from slimkit.runtime.pool import max_pool_2x2
+
+    assert [n.target for n in gm.graph.nodes].count(max_pool_2x2) == 1
+    assert sum(isinstance(m, nn.MaxPool2d) for m in gm.modules()) == 2

@@ -14,7 +14,8 @@ decided once, with the rules its eager ``forward`` applies on every call
   ``nn.Linear``, so the dense backend (oneDNN) sees it like any other dense layer.
 
 Before that, convolutions on 1x1 feature maps become linear layers
-(:mod:`slimkit.runtime.single_pixel`, exact).
+(:mod:`slimkit.runtime.single_pixel`, exact) and 2x2 max pools three elementwise maxima
+(:mod:`slimkit.runtime.pool`, exact).
 
 An activation that is the only user of a kernel's output runs in place on it
 (``relu_``): one output buffer fewer. It is not fused into the kernel: the kernels of
@@ -140,10 +141,12 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
     from slimkit.ops.conv import SparseConv2d
     from slimkit.ops.csr import CSRLayer
 
+    from slimkit.runtime.pool import fast_max_pools
     from slimkit.runtime.single_pixel import convs_on_single_pixels
 
     gm = copy.deepcopy(captured)
     ShapeProp(gm).propagate(example)
+    fast_max_pools(gm)
     if convs_on_single_pixels(gm):
         ShapeProp(gm).propagate(example)
     modules = dict(gm.named_modules())
