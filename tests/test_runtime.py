@@ -8,9 +8,7 @@ import torch.nn as nn
 from slimkit.models import lenet, mobilenet, resnet, vgg
 from slimkit.nn import MaskedMixin, quantizable_layers, quantized_twin, replace_layer, to_masked
 from slimkit.ops import backend as ops_backend
-from slimkit.ops.conv import SparseConv2d
-from slimkit.ops.linear import SparseLinear
-from slimkit.ops.sparse_inference import to_sparse_inference
+from slimkit.runtime.layers import SparseConv2d, SparseLinear, to_sparse_inference
 from slimkit.runtime import RuntimeModel, compile_model
 from slimkit.runtime.fold import fold_conv_bn, fold_csr_bn, fold_linear_bn
 from slimkit.runtime.select import RTOL, outputs_match

@@ -26,7 +26,7 @@ class _Tracer(fx.Tracer):
     """torch.nn built-ins and slimkit's CSR layers are leaves; everything else is traced through."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from slimkit.ops.csr import CSRLayer
+        from slimkit.runtime.layers import CSRLayer
 
         return isinstance(m, CSRLayer) or super().is_leaf_module(m, qualname)
 

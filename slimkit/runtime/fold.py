@@ -71,8 +71,8 @@ def fold_csr_bn(layer, bn):
 
 
 def _foldable(producer: nn.Module, bn: nn.Module) -> bool:
-    from slimkit.ops.conv import SparseConv2d
-    from slimkit.ops.linear import SparseLinear
+    from slimkit.runtime.layers import SparseConv2d
+    from slimkit.runtime.layers import SparseLinear
 
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or not bn.track_running_stats:
         return False
@@ -87,7 +87,7 @@ def _foldable(producer: nn.Module, bn: nn.Module) -> bool:
 
 def fold_batchnorm(gm: fx.GraphModule) -> int:
     """Fold every ``call_module`` BatchNorm whose input is a conv/linear used by nothing else; returns how many."""
-    from slimkit.ops.csr import CSRLayer
+    from slimkit.runtime.layers import CSRLayer
 
     modules = dict(gm.named_modules())
     folded = 0

@@ -138,8 +138,8 @@ def _relu_in_place(gm: fx.GraphModule, producer: fx.Node) -> bool:
 
 def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tuple[fx.GraphModule, list[LayerPlan]]:
     """A copy of ``captured`` lowered for ``example``'s shape, and one :class:`LayerPlan` per CSR layer."""
-    from slimkit.ops.conv import SparseConv2d
-    from slimkit.ops.csr import CSRLayer
+    from slimkit.runtime.layers import SparseConv2d
+    from slimkit.runtime.layers import CSRLayer
 
     from slimkit.runtime.pool import fast_max_pools
     from slimkit.runtime.single_pixel import convs_on_single_pixels

@@ -32,8 +32,8 @@ def _tap(layer) -> tuple[int, int] | None:
 
 
 def _as_linear(layer, tap) -> nn.Module:
-    from slimkit.ops.conv import SparseConv2d
-    from slimkit.ops.linear import SparseLinear
+    from slimkit.runtime.layers import SparseConv2d
+    from slimkit.runtime.layers import SparseLinear
 
     th, tw = tap
     if isinstance(layer, SparseConv2d):
@@ -53,7 +53,7 @@ def _as_linear(layer, tap) -> nn.Module:
 
 
 def _eligible(layer) -> bool:
-    from slimkit.ops.conv import SparseConv2d
+    from slimkit.runtime.layers import SparseConv2d
 
     if type(layer) is SparseConv2d:
         return True
