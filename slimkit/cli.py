@@ -436,6 +436,29 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         out.print(f"disabled   {name} (SLIMKIT_DISABLE_PLUGINS)", markup=False)
 
 
+@app.command()
+def run(
+    model_file: Path = typer.Argument(..., help="A .slim file."),
+    batch: int = typer.Option(1, "--batch", help="Examples per call."),
+    threads: int = typer.Option(1, "--threads", help="Intra-op threads."),
+    runs: int = typer.Option(50, "--runs", help="Timed calls (benchmark)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed calls first (benchmark)."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="Predict this .npy array instead of timing."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Save the predictions (.npy)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (measured), jit, compile or eager."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Run a .slim model through slimkit's runtime: benchmark it against eager, or predict --input."""
+    from slimkit.runtime.run import print_result, run_command
+
+    result = run_command(model_file, batch=batch, threads=threads, runs=runs, warmup=warmup, input_file=input_file,
+                         out_file=out_file, backend=backend)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_result(result, out)
+
+
 @bench_app.command("kernels")
 def bench_kernels(
     op: Optional[List[str]] = typer.Option(None, "--op", help="Only these ops (kd_loss, gmm_prior, conv)."),
@@ -446,6 +469,37 @@ def bench_kernels(
     from slimkit.bench import kernels_command
 
     kernels_command(ops=op, as_json=as_json, quick=quick)
+
+
+@bench_app.command("models")
+def bench_models(
+    model: List[str] = typer.Option(..., "--model", help="NAME=FILE.slim (repeat); or a .slim file."),
+    threads: List[int] = typer.Option([1, 2], "--threads", help="Intra-op threads (repeat)."),
+    batch: List[int] = typer.Option([1, 64], "--batch", help="Batch sizes (repeat)."),
+    rounds: int = typer.Option(15, help="Interleaved timed rounds per cell."),
+    candidates: str = typer.Option("jit,freeze,eager", help="Runtime backends to choose among (comma-separated)."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Whole .slim models: eager / torch.compile / ONNX Runtime dense against slimkit's runtime, interleaved."""
+    from slimkit.bench.models import models_command, print_models
+    from slimkit.runtime import BACKENDS
+
+    pairs = []
+    for item in model:
+        name, sep, path = item.partition("=")
+        pairs.append((name, path) if sep else (Path(item).stem, item))
+    chosen = [c.strip() for c in candidates.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in BACKENDS]
+    if bad or not chosen:
+        raise UserError(f"--candidates {candidates!r} is invalid: expected some of {', '.join(BACKENDS)}")
+    for flag, values in (("--threads", threads), ("--batch", batch), ("--rounds", [rounds])):
+        if any(v < 1 for v in values):
+            raise UserError(f"{flag} must be >= 1")
+    result = models_command(pairs, threads=threads, batches=batch, rounds=rounds, candidates=chosen)
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        print_models(result, out)
 
 
 def _version() -> str:

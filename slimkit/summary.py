@@ -110,6 +110,9 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1, repeats:
     if isinstance(header.get("baseline_dense_fp32_bytes"), int):  # written by a compress run
         desc["baseline_dense_fp32_bytes"] = header["baseline_dense_fp32_bytes"]
         desc["ratio_to_baseline"] = header["baseline_dense_fp32_bytes"] / loaded.size_bytes
+    from slimkit.runtime.engines import engine_advice
+
+    desc["engines"] = engine_advice(desc)  # which engine makes this model faster (slimkit's runtime / ONNX Runtime)
     if latency:
         desc.update(_latency(model, shape, plan, batch_size=batch_size, repeats=repeats, warmup=warmup))
     return desc
@@ -178,6 +181,8 @@ def print_description(desc: dict, console) -> None:
     if "ratio_to_baseline" in desc and desc["baseline_dense_fp32_bytes"] != desc["dense_fp32_bytes"]:
         console.print(f"the run's baseline, dense fp32: {desc['baseline_dense_fp32_bytes']:,} bytes; "
                       f"{desc['ratio_to_baseline']:.2f}x smaller (compression_ratio in report.json)")
+    if desc.get("engines"):
+        console.print(f"engines: {desc['engines']}", markup=False)
     if "latency_ms" in desc:
         console.print(f"latency: {desc['latency_ms']:.3f} ms ({desc['latency_note']})")
         if "latency_dense_ms" in desc:

@@ -75,9 +75,7 @@ def _mode() -> str:
 
 def csrc_dir() -> Path | None:
     """The kernel sources next to the package (source checkout / editable install), or None."""
-    import slimkit
-
-    csrc = Path(slimkit.__file__).resolve().parent.parent / "csrc"
+    csrc = Path(__file__).resolve().parents[2] / "csrc"  # slimkit/ops/backend.py -> the checkout
     return csrc if (csrc / "ops.cpp").is_file() else None
 
 

@@ -1,0 +1,178 @@
+"""Lower a captured graph for one input shape: CSR layers become direct calls of slimkit's kernels.
+
+For an input shape (batch included) every ``SparseConv2d`` / ``SparseLinear`` leaf is
+decided once, with the rules its eager ``forward`` applies on every call
+(:func:`slimkit.ops.sparse_conv2d`, :func:`slimkit.ops.sparse_linear`):
+
+* it runs the kernel: the node becomes a ``call_function`` of
+  ``torch.ops.slimkit.sparse_conv2d`` / ``sparse_linear`` on constant CSR tensors held by
+  the graph module (conv indices pre-converted to int64, the kernel's own index type, so
+  no call converts them again). No Python runs per layer once the graph is frozen or
+  compiled; in the eager graph the op is called straight, without the module's checks;
+* it would run dense (sparsity under the crossover, a tiny output plane, a call under
+  the MAC floor, no native kernels): the node becomes a plain ``nn.Conv2d`` /
+  ``nn.Linear``, so the dense backend (oneDNN) sees it like any other dense layer.
+
+Before that, convolutions on 1x1 feature maps become linear layers
+(:mod:`slimkit.runtime.single_pixel`, exact) and 2x2 max pools three elementwise maxima
+(:mod:`slimkit.runtime.pool`, exact).
+
+An activation that is the only user of a kernel's output runs in place on it
+(``relu_``): one output buffer fewer. It is not fused into the kernel: the kernels of
+csrc/ have no activation epilogue (a dense layer's conv + ReLU is fused by oneDNN in
+the ``jit`` and ``compile`` backends).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+__all__ = ["LayerPlan", "lower"]
+
+
+@dataclass
+class LayerPlan:
+    """How one CSR layer runs at the lowered shape."""
+    name: str
+    kind: str  # "conv" or "linear"
+    path: str  # "sparse kernel" or "dense"
+    sparsity: float
+    why: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "path": self.path, "sparsity": round(self.sparsity, 4),
+                "why": self.why}
+
+
+_RELUS = (nn.ReLU,)
+_RELU_FUNCS = (F.relu, torch.relu)
+
+
+def _conv_path(layer, in_shape, native: bool) -> tuple[bool, str]:
+    from slimkit.ops.conv import SPARSE_MIN_POSITIONS, _conv_out
+
+    sw = layer.sparse_weight
+    if not sw.uses_sparse:
+        return False, sw.reason
+    if not native:
+        return False, "native kernels unavailable (reference ops): dense conv2d"
+    h, w = in_shape[-2], in_shape[-1]
+    positions = (_conv_out(h, layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0])
+                 * _conv_out(w, layer.kernel_size[1], layer.stride[1], layer.padding[1], layer.dilation[1]))
+    if positions < SPARSE_MIN_POSITIONS:
+        return False, f"{positions} output positions < {SPARSE_MIN_POSITIONS}: dense conv2d"
+    return True, sw.reason
+
+
+def _linear_path(layer, in_shape, native: bool) -> tuple[bool, str]:
+    from slimkit.ops.linear import SPARSE_LINEAR_MIN_MACS
+
+    sw = layer.sparse_weight
+    if not sw.uses_sparse:
+        return False, sw.reason
+    if not native:
+        return False, "native kernels unavailable (reference ops): dense F.linear"
+    if len(in_shape) != 2:
+        return False, f"{len(in_shape)}-D input: dense F.linear"
+    macs = in_shape[0] * in_shape[1] * layer.out_features
+    if macs < SPARSE_LINEAR_MIN_MACS:
+        return False, f"{macs:,} MACs < {SPARSE_LINEAR_MIN_MACS:,} at this batch: dense F.linear"
+    return True, sw.reason
+
+
+def _attr(gm: fx.GraphModule, graph: fx.Graph, name: str, tensor) -> fx.Node | None:
+    if tensor is None:
+        return None
+    gm.register_buffer(name, tensor.detach().clone())
+    return graph.get_attr(name)
+
+
+def _to_kernel_call(gm, node, layer, kind, index: int) -> fx.Node:
+    graph = gm.graph
+    prefix = f"_csr{index}"
+    with graph.inserting_before(node):
+        if kind == "conv":
+            rp = _attr(gm, graph, prefix + "_row_ptr", layer.row_ptr.long())
+            ci = _attr(gm, graph, prefix + "_col_idx", layer.col_idx.long())
+        else:
+            rp = _attr(gm, graph, prefix + "_row_ptr", layer.row_ptr)
+            ci = _attr(gm, graph, prefix + "_col_idx", layer.col_idx)
+        vals = _attr(gm, graph, prefix + "_values", layer.values)
+        bias = _attr(gm, graph, prefix + "_bias", layer._buffers.get("bias"))
+        shape = [int(s) for s in layer.weight_shape]
+        if kind == "conv":
+            call = graph.call_function(torch.ops.slimkit.sparse_conv2d.default,
+                                       (node.args[0], rp, ci, vals, shape, bias, list(layer.stride),
+                                        list(layer.padding), list(layer.dilation)))
+        else:
+            x = graph.call_method("contiguous", (node.args[0],))
+            call = graph.call_function(torch.ops.slimkit.sparse_linear.default, (x, rp, ci, vals, shape, bias))
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+    return call
+
+
+def _relu_in_place(gm: fx.GraphModule, producer: fx.Node) -> bool:
+    """Run the lone ReLU after ``producer`` in place on the kernel's output."""
+    if len(producer.users) != 1:
+        return False
+    user = next(iter(producer.users))
+    modules = dict(gm.named_modules())
+    is_relu = ((user.op == "call_module" and type(modules.get(user.target)) in _RELUS)
+               or (user.op == "call_function" and user.target in _RELU_FUNCS and not user.kwargs.get("inplace"))
+               or (user.op == "call_method" and user.target == "relu"))
+    if not is_relu or user.args[0] is not producer:
+        return False
+    with gm.graph.inserting_before(user):
+        new = gm.graph.call_function(torch.relu_, (producer,))
+    user.replace_all_uses_with(new)
+    gm.graph.erase_node(user)
+    return True
+
+
+def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tuple[fx.GraphModule, list[LayerPlan]]:
+    """A copy of ``captured`` lowered for ``example``'s shape, and one :class:`LayerPlan` per CSR layer."""
+    from slimkit.nn.sparse import SparseConv2d
+    from slimkit.nn.sparse import CSRLayer
+
+    from slimkit.runtime.pool import fast_max_pools
+    from slimkit.runtime.single_pixel import convs_on_single_pixels
+
+    gm = copy.deepcopy(captured)
+    ShapeProp(gm).propagate(example)
+    fast_max_pools(gm)
+    if convs_on_single_pixels(gm):
+        ShapeProp(gm).propagate(example)
+    modules = dict(gm.named_modules())
+    plans: list[LayerPlan] = []
+    index = 0
+    csr_nodes = [(node, tuple(node.args[0].meta["tensor_meta"].shape)) for node in gm.graph.nodes
+                 if node.op == "call_module" and isinstance(modules.get(node.target), CSRLayer)]
+    for node, in_shape in csr_nodes:  # shapes read first: the rewrites below add nodes without them
+        layer = modules[node.target]
+        kind = "conv" if isinstance(layer, SparseConv2d) else "linear"
+        sparse, why = (_conv_path if kind == "conv" else _linear_path)(layer, in_shape, native)
+        plans.append(LayerPlan(node.target, kind, "sparse kernel" if sparse else "dense", layer.sparse_weight.sparsity,
+                               why))
+        if sparse:
+            call = _to_kernel_call(gm, node, layer, kind, index)
+            index += 1
+            _relu_in_place(gm, call)
+            parent, _, name = node.target.rpartition(".")
+            delattr(gm.get_submodule(parent) if parent else gm, name)
+        else:
+            dense = layer.to_dense_module().eval()
+            parent, _, name = node.target.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, name, dense)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    return gm.eval(), plans
