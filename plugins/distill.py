@@ -153,6 +153,8 @@ import torch.nn.functional as F
 from slimkit import hookimpl
 from slimkit.api import Method, Option, TrainCallback, model_names
 from slimkit.data import augment_images, derive_seed
+from slimkit.distillation import CachedKDLoss, KDWarmup, OnlineKDLoss, teacher_logits
+from slimkit.nn.surgery import capture
 from slimkit.errors import UserError
 from slimkit.models import count_params
 from slimkit.ops import kd_loss
@@ -167,8 +169,6 @@ LOSSES = ("hinton", "function-matching", "hints")
 #: Hints: a feature map with more elements than this is globally average-pooled, not flattened,
 #: before a linear regressor.
 MAX_FLAT = 8192
-#: Batch size of the teacher's forward passes when caching logits.
-CACHE_BATCH = 512
 
 
 # --------------------------------------------------------------------------- helpers
@@ -215,92 +215,7 @@ def _check_layer(model: nn.Module, name: str, option: str, whose: str) -> None:
                         f"its layers: {shown}")
 
 
-class _Stop(Exception):
-    """Raised by a capture hook to end a forward pass at the captured layer."""
-
-
-def capture(model: nn.Module, layer: str, x: torch.Tensor, stop: bool = True) -> torch.Tensor:
-    """The output of ``model``'s submodule ``layer`` on input ``x`` (a forward hook).
-
-    With ``stop`` the forward pass ends at that layer (the hook raises an exception
-    that is caught here), so the layers after it neither run nor update BatchNorm
-    statistics.
-    """
-    module = model.get_submodule(layer)
-    box = {}
-
-    def grab(_module, _inputs, output):
-        box["out"] = output
-        if stop:
-            raise _Stop
-
-    handle = module.register_forward_hook(grab)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "out" not in box:
-        raise UserError(f"distill: layer {layer!r} of {type(model).__name__} did not run in the forward pass")
-    out = box["out"]
-    if not isinstance(out, torch.Tensor):
-        raise UserError(f"distill: layer {layer!r} of {type(model).__name__} returns {type(out).__name__}, "
-                        f"not a tensor; pick a layer with a tensor output")
-    return out
-
-
-@torch.no_grad()
-def teacher_logits(teacher: nn.Module, x: torch.Tensor, device, batch_size: int = CACHE_BATCH) -> torch.Tensor:
-    """``teacher(x)`` for all of ``x`` (eval mode, ``no_grad``), in batches, as one ``[N, C]`` tensor on ``device``."""
-    was = teacher.training
-    teacher.eval()
-    try:
-        parts = [teacher(x[i:i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)]
-    finally:
-        teacher.train(was)
-    return torch.cat(parts).contiguous()
-
-
 # --------------------------------------------------------------------------- losses
-
-class CachedKDLoss(TrainCallback):
-    """Hinton KD with the teacher's logits looked up by example index (see "Cached teacher logits").
-
-    Used as both ``loss`` and a callback of ``ctx.train``: as a callback it learns each
-    batch's example indices (:meth:`on_batch`), as the loss it takes the batch's labels
-    as targets, like any loss, and returns the student's logits.
-    """
-
-    def __init__(self, logits: torch.Tensor, temperature: float, alpha: float):
-        self.logits = logits
-        self.temperature, self.alpha = float(temperature), float(alpha)
-        self.index: torch.Tensor | None = None
-
-    def on_batch(self, model, step: int, indices) -> None:
-        self.index = indices.to(self.logits.device)
-
-    def __call__(self, model, inputs, labels):
-        if self.index is None or self.index.numel() != labels.shape[0]:
-            raise RuntimeError("CachedKDLoss: no example indices for this batch; pass the loss as a callback too")
-        s = model(inputs)
-        t = self.logits[self.index].to(s.dtype)
-        return kd_loss(s.contiguous(), t.contiguous(), labels.contiguous(), self.temperature, self.alpha), s
-
-
-class OnlineKDLoss:
-    """Hinton KD with the teacher run on every (augmented) batch under ``no_grad``; targets are labels."""
-
-    def __init__(self, teacher: nn.Module, temperature: float, alpha: float):
-        self.teacher = teacher
-        self.temperature, self.alpha = float(temperature), float(alpha)
-
-    def __call__(self, model, inputs, labels):
-        s = model(inputs)
-        with torch.no_grad():
-            t = self.teacher(inputs).to(s.dtype)
-        return kd_loss(s.contiguous(), t.contiguous(), labels.contiguous(), self.temperature, self.alpha), s
-
 
 class FunctionMatchingLoss(TrainCallback):
     """Beyer et al.'s function matching: KL on a shared, freshly augmented + mixed-up batch; labels unused.
@@ -344,31 +259,6 @@ class FunctionMatchingLoss(TrainCallback):
         with torch.no_grad():
             t = self.teacher(view).to(s.dtype)
         return kd_loss(s.contiguous(), t.contiguous(), None, self.temperature), None
-
-
-class KDWarmup(TrainCallback):
-    """Linear learning-rate warm-up over the first ``steps`` optimizer steps, as a gradient scale.
-
-    At step ``t < steps`` every gradient is multiplied by ``(t + 1) / steps`` after the
-    backward pass (after DDP's all-reduce, so every rank scales alike); for SGD this is
-    the rate ``lr * (t + 1) / steps`` (weight decay, added inside the optimizer step, is
-    not scaled). It depends only on ``t``, so ``--resume`` continues it exactly. Adam
-    normalises gradient scale away and needs no warm-up; there it has next to no effect.
-    """
-
-    def __init__(self, steps: int):
-        self.steps = max(int(steps), 0)
-
-    def factor(self, step: int) -> float:
-        return 1.0 if step >= self.steps else (step + 1) / self.steps
-
-    @torch.no_grad()
-    def after_backward(self, model, step: int) -> None:
-        f = self.factor(step)
-        if f < 1.0:
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(f)
 
 
 # --------------------------------------------------------------------------- hints

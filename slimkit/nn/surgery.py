@@ -6,14 +6,17 @@ inference, filter and layer removal) uses these, so a model is changed one way:
 * :func:`replace_layer` swaps a submodule by its dotted name, keeping its position;
 * :func:`effective_weight` is the weight a layer computes with: ``weight * weight_mask``
   for a masked layer (any module with a ``weight_mask`` tensor of the weight's shape:
-  slimkit's masked and quantised layers, ``torch.nn.utils.prune``), else ``weight``.
+  slimkit's masked and quantised layers, ``torch.nn.utils.prune``), else ``weight``;
+* :func:`capture` reads one layer's output on an input (hints, feature matching).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-__all__ = ["replace_layer", "effective_weight"]
+from slimkit.errors import UserError
+
+__all__ = ["replace_layer", "effective_weight", "capture"]
 
 
 def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -38,3 +41,38 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(mask, torch.Tensor) and mask.shape == weight.shape:
         return weight * mask
     return weight
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass at the captured layer."""
+
+
+def capture(model: nn.Module, layer: str, x: torch.Tensor, stop: bool = True) -> torch.Tensor:
+    """The output of ``model``'s submodule ``layer`` on input ``x`` (a forward hook).
+
+    With ``stop`` the forward pass ends at that layer (the hook raises an exception
+    that is caught here), so the layers after it neither run nor update BatchNorm
+    statistics.
+    """
+    module = model.get_submodule(layer)
+    box = {}
+
+    def grab(_module, _inputs, output):
+        box["out"] = output
+        if stop:
+            raise _Stop
+
+    handle = module.register_forward_hook(grab)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in box:
+        raise UserError(f"layer {layer!r} of {type(model).__name__} did not run in the forward pass")
+    out = box["out"]
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"layer {layer!r} of {type(model).__name__} returns {type(out).__name__}, "
+                        f"not a tensor; pick a layer with a tensor output")
+    return out
