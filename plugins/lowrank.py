@@ -98,7 +98,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from slimkit import hookimpl
 from slimkit.api import Method, Option
@@ -106,7 +105,7 @@ from slimkit.errors import UserError
 from slimkit.measure import measure_latency
 from slimkit.models import count_macs, count_params
 from slimkit.nn import (LowRankConv2d, LowRankLinear, MaskedConv2d, MaskedLinear, effective_weight, eval_mode,
-                        replace_layer)
+                        forward_hooks, replace_layer)
 from slimkit.ops.conv import as_pair
 
 __all__ = [
@@ -363,17 +362,12 @@ def _data_batches(ctx, n: int, batch_size: int | None = None):
 @torch.no_grad()
 def _capture_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
     found: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in names:
-        def fn(module, inputs, output, _name=name):
-            found.setdefault(_name, inputs[0].detach())
-        handles.append(model.get_submodule(name).register_forward_hook(fn))
-    try:
-        with eval_mode(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+
+    def keep_input(name):
+        return lambda module, inputs, output: found.setdefault(name, inputs[0].detach())
+
+    with forward_hooks([(model.get_submodule(name), keep_input(name)) for name in names]), eval_mode(model):
+        model(x)
     return found
 
 

@@ -6,6 +6,7 @@ Kept free of torch so that the CLI can show these defaults in ``--help`` without
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -100,12 +101,21 @@ def run_defaults() -> dict:
             for f in dataclasses.fields(RunConfig)}
 
 
+def read_json(path: Path, what: str):
+    """The value in a JSON file; a missing file or bad JSON is a :class:`UserError` naming ``what``."""
+    return _read_user_file(path, what, json.loads, json.JSONDecodeError, "JSON")
+
+
 def read_toml(path: Path, what: str) -> dict:
     """The table in a TOML file; a missing file or bad TOML is a :class:`UserError` naming ``what``."""
+    return _read_user_file(path, what, tomllib.loads, tomllib.TOMLDecodeError, "TOML")
+
+
+def _read_user_file(path, what: str, parse, error, language: str):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None
+        return parse(path.read_text())
+    except error as exc:
+        raise UserError(f"{what} {path} is not valid {language}: {exc}") from None

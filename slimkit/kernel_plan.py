@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 
 from slimkit.models import count_macs
+from slimkit.nn import effective_weight
+from slimkit.nn.sparse import CSRLayer, kept_as_is
 
 #: Batch sizes ``slimkit info`` always reports (plus the one given to ``--batch-size``).
 REPORTED_BATCH_SIZES = (1, 64)
@@ -35,25 +37,8 @@ def _ops():
     return conv, linear
 
 
-def _kept_as_is(module: nn.Module) -> str | None:
-    """Why ``to_sparse_inference`` would leave this layer alone, or None."""
-    from slimkit.nn.quantized import CodebookMixin, Int8Mixin
-
-    from slimkit.nn.sparse import unsupported_reason
-
-    if isinstance(module, CodebookMixin):
-        return "codebook-quantized: kept in its codebook form"
-    if isinstance(module, Int8Mixin):
-        return "int8-quantized: kept in its int8 form"
-    if isinstance(module, nn.Conv2d):
-        return unsupported_reason(module)
-    return None
-
-
 def is_sparse_layer(module: nn.Module) -> bool:
     """A CSR inference layer (made by ``--sparse-inference``)."""
-    from slimkit.nn.sparse import CSRLayer
-
     return isinstance(module, CSRLayer)
 
 
@@ -61,13 +46,11 @@ def is_sparse_capable(module: nn.Module) -> bool:
     """A CSR inference layer, or a Conv2d/Linear that ``--sparse-inference`` converts."""
     if is_sparse_layer(module):
         return True
-    return isinstance(module, (nn.Conv2d, nn.Linear)) and _kept_as_is(module) is None
+    return isinstance(module, (nn.Conv2d, nn.Linear)) and kept_as_is(module) is None
 
 
 def _csr_weight(module: nn.Module):
     """The CSR weight the layer holds, or the one ``--sparse-inference`` would build for it."""
-    from slimkit.nn import effective_weight
-
     conv, linear = _ops()
     if is_sparse_layer(module):
         return module.sparse_weight

@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from slimkit.config import read_json
 from slimkit.errors import UserError
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -105,12 +106,7 @@ def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callab
 def read_sensitivity(path) -> dict:
     """A sensitivity.json, checked (UserError on anything malformed)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sensitivity file {path} does not exist")
-    try:
-        sens = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"sensitivity file {path} is not valid JSON: {exc}") from None
+    sens = read_json(path, "sensitivity file")
     keys = ("method", "levels", "layers", "weights", "baseline_accuracy", "accuracy")
     if not isinstance(sens, dict) or any(k not in sens for k in keys):
         raise UserError(f"sensitivity file {path} lacks one of {', '.join(keys)}; write it with slimkit sensitivity")

@@ -108,3 +108,30 @@ def pip_install_target(projects, target, scratch):
 def pythonpath_with(*dirs) -> dict:
     """An environment for run_slimkit: ``dirs`` first, then the PYTHONPATH this run has."""
     return {"PYTHONPATH": os.pathsep.join([*map(str, dirs), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def stage_context(stage, bundle, tmp_path, *, epochs=1, dist=None, trainer=None):
+    """A StageContext as the pipeline builds one (CPU, seed 0, batch 64, SGD), for calling a
+    method's ``apply`` directly; what the method logs is kept in ``ctx.logs``."""
+    import torch
+
+    from slimkit.api import DistInfo, StageContext
+    from slimkit.progress import Reporter
+    from slimkit.train import Trainer
+
+    dist = dist or DistInfo()
+    trainer = trainer or Trainer(device=torch.device("cpu"), dist=dist, seed=0, batch_size=64,
+                                 reporter=Reporter(False))
+    logs = []
+    ctx = StageContext(stage=stage, data=bundle, device=torch.device("cpu"), dist=dist, out_dir=tmp_path,
+                       seed=0, epochs=epochs, lr=None, batch_size=64, optimizer="sgd", log=logs.append,
+                       _trainer=trainer)
+    ctx.logs = logs
+    return ctx
+
+
+def compress_once(tmp_path_factory, name: str, args) -> Path:
+    """Run ``slimkit compress ARGS --out DIR`` in-process (for a module-scoped fixture) and return DIR."""
+    out = tmp_path_factory.mktemp(name) / "out"
+    assert cli(*args, "--out", out) == 0
+    return out

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli, run_slimkit
+from conftest import cli, compress_once, run_slimkit
 from slimkit import storage
 from slimkit.plugins import get_registry
 
@@ -16,9 +16,7 @@ ARGS = ("compress", "--data", "digits", "--model", "lenet300", "--baseline-epoch
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compress") / "out"
-    assert cli(*ARGS, "--out", out) == 0
-    return out
+    return compress_once(tmp_path_factory, "compress", ARGS)
 
 
 def test_report_has_every_figure(run_dir):

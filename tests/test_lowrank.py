@@ -11,16 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import stage_context
 from slimkit import storage
-from slimkit.api import DistInfo, StageContext
 from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
 from slimkit.models import count_macs, count_params
 from slimkit.nn import MaskedConv2d, MaskedLinear, to_masked
 from slimkit.plugins import load_registry
-from slimkit.progress import Reporter
-from slimkit.train import Trainer
 from slimkit_plugins import lowrank as lr
 
 SHAPE = (3, 8, 8)
@@ -35,14 +33,7 @@ def registry_with_lowrank():
 
 def make_ctx(tmp_path, epochs=1, n=192, shape=SHAPE):
     raw = load_synthetic(f"{n}x{'x'.join(map(str, shape))}@4", 0)
-    bundle = DataBundle("synthetic", raw, seed=0)
-    trainer = Trainer(device=torch.device("cpu"), dist=DistInfo(), seed=0, batch_size=64, reporter=Reporter(False))
-    logs = []
-    ctx = StageContext(stage="lowrank", data=bundle, device=torch.device("cpu"), dist=DistInfo(), out_dir=tmp_path,
-                       seed=0, epochs=epochs, lr=None, batch_size=64, optimizer="sgd", log=logs.append,
-                       _trainer=trainer)
-    ctx.logs = logs
-    return ctx
+    return stage_context("lowrank", DataBundle("synthetic", raw, seed=0), tmp_path, epochs=epochs)
 
 
 def small_cnn(seed=0):

@@ -11,8 +11,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 
+from conftest import stage_context
 from slimkit import hookspecs
-from slimkit.api import DistInfo, StageContext, TrainCallback
+from slimkit.api import DistInfo, TrainCallback
 from slimkit.data import DataBundle
 from slimkit.data.synthetic import load_synthetic
 from slimkit.errors import UserError
@@ -31,16 +32,8 @@ SHAPE = (3, 8, 8)
 
 def make_ctx(tmp_path, epochs=2, trainer=None, shape=SHAPE, n=256, dist=None):
     raw = load_synthetic(f"{n}x{'x'.join(map(str, shape))}@4", 0)
-    bundle = DataBundle("synthetic", raw, seed=0)
-    dist = dist or DistInfo()
-    trainer = trainer or Trainer(device=torch.device("cpu"), dist=dist, seed=0, batch_size=64,
-                                 reporter=Reporter(False))
-    logs = []
-    ctx = StageContext(stage="prune", data=bundle, device=torch.device("cpu"), dist=dist, out_dir=tmp_path,
-                       seed=0, epochs=epochs, lr=None, batch_size=64, optimizer="sgd", log=logs.append,
-                       _trainer=trainer)
-    ctx.logs = logs
-    return ctx
+    return stage_context("prune", DataBundle("synthetic", raw, seed=0), tmp_path, epochs=epochs, dist=dist,
+                         trainer=trainer)
 
 
 def small_cnn(seed=0):

@@ -7,11 +7,10 @@ import math
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import cli, compress_once
 from slimkit.reports.figures import pareto_front
 from slimkit.reports.results import build_results, front_cells
 
@@ -51,9 +50,7 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "out"
-    assert cli(*ARGS, "--out", out) == 0
-    return out
+    return compress_once(tmp_path_factory, "report", ARGS)
 
 
 def test_every_run_writes_a_self_contained_report_html(run_dir):

@@ -19,12 +19,17 @@ def _method(name):
     return get_registry().method(name)
 
 
-def test_prune_compress_layer_prunes_only_that_layer_to_the_exact_count():
+def _with_layers(factory, method_name):
+    """A seeded model for 8x8 digits, the method, its default options and its per-layer candidates."""
     torch.manual_seed(0)
-    model = lenet300((1, 8, 8), 10)
-    m = _method("prune")
-    opts = m.parse_options({})
-    layers = m.sensitivity_layers(model, opts)
+    model = factory((1, 8, 8), 10)
+    method = _method(method_name)
+    opts = method.parse_options({})
+    return model, method, opts, method.sensitivity_layers(model, opts)
+
+
+def test_prune_compress_layer_prunes_only_that_layer_to_the_exact_count():
+    model, m, opts, layers = _with_layers(lenet300, "prune")
     assert layers == {"classifier.fc1": 300 * 64, "classifier.fc2": 100 * 300, "classifier.fc3": 10 * 100}
     out = m.compress_layer(model, "classifier.fc2", 0.7, opts)
     zeros = {n: int((mod.weight * mod.weight_mask == 0).sum()) for n, mod in out.named_modules()
@@ -36,11 +41,7 @@ def test_prune_compress_layer_prunes_only_that_layer_to_the_exact_count():
 
 
 def test_lowrank_compress_layer_replaces_that_layer_at_the_rank_of_the_level():
-    torch.manual_seed(0)
-    model = lenet5((1, 8, 8), 10)
-    m = _method("lowrank")
-    opts = m.parse_options({})
-    layers = m.sensitivity_layers(model, opts)
+    model, m, opts, layers = _with_layers(lenet5, "lowrank")
     assert list(layers) == ["features.conv2"]  # skip_first, layers=conv
     conv = model.features.conv2
     full = min(conv.in_channels * conv.kernel_size[0], conv.out_channels * conv.kernel_size[1])

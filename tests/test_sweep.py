@@ -72,6 +72,24 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def grid_file(path: Path, out: Path, options: str, *, model: str = "lenet300", width: float = 0.1,
+              epochs: int = 0, method: str = "toy") -> Path:
+    """A one-model, one-method grid on the test data (baseline 1 epoch, no latency); ``options``
+    is the body of its [options] table. The defaults are the toy method over LeNet-300-100."""
+    return write(path, f'''
+out = "{out}"
+models = ["{model}"]
+model_options = {{ width = {width} }}
+data = ["{DATA}"]
+epochs = {epochs}
+baseline_epochs = 1
+latency = false
+methods = ["{method}"]
+[options]
+{options}
+''')
+
+
 def rows_of(out: Path):
     with open(out / "results.csv") as f:
         return list(csv.DictReader(f))
@@ -79,20 +97,8 @@ def rows_of(out: Path):
 
 def test_triage_2x2_grid_runs_writes_results_and_resumes_only_the_unfinished_cell(tmp_path):
     out = tmp_path / "triage"
-    grid = write(tmp_path / "grid.toml", f'''
-out = "{out}"
-models = ["vgg11"]
-model_options = {{ width = 0.125 }}
-data = ["{DATA}"]
-epochs = 1
-baseline_epochs = 1
-latency = false
-methods = ["structural"]
-[options]
-"structural.block" = [3, 4]
-"structural.regime" = ["frozen", "thawed"]
-"structural.init" = "mean"
-''')
+    grid = grid_file(tmp_path / "grid.toml", out, '"structural.block" = [3, 4]\n"structural.regime" = ["frozen", '
+                     '"thawed"]\n"structural.init" = "mean"', model="vgg11", width=0.125, epochs=1, method="structural")
     result = run_sweep(grid, log=lambda *a: None)
     ids = ["vgg11-synthetic-baseline"] + [f"vgg11-synthetic-structural-block={b}-regime={r}"
                                           for b in (3, 4) for r in ("frozen", "thawed")]
@@ -129,19 +135,7 @@ def test_failed_cells_are_recorded_the_rest_go_on_and_rerun_retries_only_them(tm
     counter = tmp_path / "calls.txt"
     monkeypatch.setenv("TOY_COUNTER", str(counter))
     out = tmp_path / "toy"
-    grid = write(tmp_path / "toy.toml", f'''
-out = "{out}"
-models = ["lenet300"]
-model_options = {{ width = 0.1 }}
-data = ["{DATA}"]
-epochs = 0
-baseline_epochs = 1
-latency = false
-methods = ["toy"]
-[options]
-"toy.fail" = [false, true]
-"toy.scale" = [1.0, 0.5]
-''')
+    grid = grid_file(tmp_path / "toy.toml", out, '"toy.fail" = [false, true]\n"toy.scale" = [1.0, 0.5]')
     assert cli("sweep", grid) == 2  # some cells failed: one line on stderr, like every error
     err = capsys.readouterr().err.strip()
     assert "2 cell(s) failed" in err and len(err.splitlines()) == 1
@@ -225,19 +219,7 @@ def test_epochs_to_95():
 def test_sigterm_stops_the_sweep_and_a_rerun_skips_the_finished_cells(tmp_path):
     site = make_plugin_site(tmp_path / "site", "slimkit-toy-sweep", "slimkit_toy_sweep", TOY, entry_name="toy")
     out = tmp_path / "killed"
-    grid = write(tmp_path / "slow.toml", f'''
-out = "{out}"
-models = ["lenet300"]
-model_options = {{ width = 0.1 }}
-data = ["{DATA}"]
-epochs = 0
-baseline_epochs = 1
-latency = false
-methods = ["toy"]
-[options]
-"toy.scale" = [1.0, 0.8, 0.6, 0.5]
-"toy.sleep" = [1.0]
-''')
+    grid = grid_file(tmp_path / "slow.toml", out, '"toy.scale" = [1.0, 0.8, 0.6, 0.5]\n"toy.sleep" = [1.0]')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "slimkit", "sweep", str(grid)], env=env,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from slimkit.nn import effective_weight, eval_mode
+from slimkit.nn import effective_weight, eval_mode, forward_hooks
 
 __all__ = ["count_params", "count_nonzero", "count_macs"]
 
@@ -96,17 +96,13 @@ def count_macs(model: nn.Module, input_shape, *, layers: bool = False) -> dict:
         entry["dense"] += dense
         entry["nonzero"] += nonzero
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
+    counted = [(m, hook) for m in model.modules()
                if isinstance(m, _MAC_LAYERS) or callable(getattr(m, "weight_counts", None))]
     ref = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
     x = torch.zeros((1, *tuple(int(s) for s in input_shape)), device=ref.device if ref is not None else "cpu",
                     dtype=ref.dtype if ref is not None else torch.float32)
-    try:
-        with eval_mode(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(counted), eval_mode(model):
+        model(x)
     result = dict(totals)
     if layers:
         result["layers"] = per_layer

@@ -12,7 +12,7 @@ from slimkit.nn.quantized import (CodebookMixin, Int8Conv2d, Int8Linear, Int8Mix
                                   codebook_layers, quantizable_layers, quantized_twin)
 from slimkit.nn.lowrank import LOWRANK_MODULES, LowRankConv2d, LowRankLinear
 from slimkit.nn.sparse import CSRLayer, SparseConv2d, SparseLayerReport, SparseLinear, to_sparse_inference
-from slimkit.nn.surgery import effective_weight, replace_layer
+from slimkit.nn.surgery import capture, effective_weight, forward_hooks, replace_layer
 
 @contextmanager
 def eval_mode(model):
@@ -32,4 +32,4 @@ __all__ = ["eval_mode", "BUILTINS", "ModuleRegistry", "serializable", "storage_h
            "CodebookMixin", "Int8Mixin", "QuantizedLinear", "QuantizedConv2d", "Int8Linear", "Int8Conv2d",
            "quantized_twin", "quantizable_layers", "codebook_layers",
            "CSRLayer", "SparseConv2d", "SparseLinear", "SparseLayerReport", "to_sparse_inference",
-           "replace_layer", "effective_weight", "LowRankConv2d", "LowRankLinear"]
+           "replace_layer", "effective_weight", "capture", "forward_hooks", "LowRankConv2d", "LowRankLinear"]

@@ -246,8 +246,8 @@ class SparseLayerReport(tuple):
                 f"reason={self.reason!r})")
 
 
-def _kept_as_is(layer: nn.Module) -> str | None:
-    """Why ``layer`` is not converted, or None."""
+def kept_as_is(layer: nn.Module) -> str | None:
+    """Why :func:`to_sparse_inference` leaves ``layer`` as it is, or None (it is converted)."""
     if isinstance(layer, CodebookMixin):
         return "codebook-quantized: kept in its codebook form, smaller than CSR (runs dense)"
     if isinstance(layer, Int8Mixin):
@@ -273,7 +273,7 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float | None = None) -> 
             full = f"{parent_name}.{name}" if parent_name else name
             weight = effective_weight(child).detach()
             sparsity = float((weight == 0).sum()) / weight.numel() if weight.numel() else 0.0
-            problem = _kept_as_is(child)
+            problem = kept_as_is(child)
             if problem:
                 reports.append(SparseLayerReport(full, False, sparsity, problem))
                 continue

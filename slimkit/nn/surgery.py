@@ -7,16 +7,19 @@ inference, filter and layer removal) uses these, so a model is changed one way:
 * :func:`effective_weight` is the weight a layer computes with: ``weight * weight_mask``
   for a masked layer (any module with a ``weight_mask`` tensor of the weight's shape:
   slimkit's masked and quantised layers, ``torch.nn.utils.prune``), else ``weight``;
-* :func:`capture` reads one layer's output on an input (hints, feature matching).
+* :func:`capture` reads one layer's output on an input (hints, feature matching);
+* :func:`forward_hooks` holds forward hooks on some modules for the length of a block.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn as nn
 
 from slimkit.errors import UserError
 
-__all__ = ["replace_layer", "effective_weight", "capture"]
+__all__ = ["replace_layer", "effective_weight", "capture", "forward_hooks"]
 
 
 def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -62,13 +65,11 @@ def capture(model: nn.Module, layer: str, x: torch.Tensor, stop: bool = True) ->
         if stop:
             raise _Stop
 
-    handle = module.register_forward_hook(grab)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
+    with forward_hooks([(module, grab)]):
+        try:
+            model(x)
+        except _Stop:
+            pass
     if "out" not in box:
         raise UserError(f"layer {layer!r} of {type(model).__name__} did not run in the forward pass")
     out = box["out"]
@@ -76,3 +77,15 @@ def capture(model: nn.Module, layer: str, x: torch.Tensor, stop: bool = True) ->
         raise UserError(f"layer {layer!r} of {type(model).__name__} returns {type(out).__name__}, "
                         f"not a tensor; pick a layer with a tensor output")
     return out
+
+
+@contextlib.contextmanager
+def forward_hooks(pairs):
+    """Register ``module.register_forward_hook(fn)`` for every ``(module, fn)`` in ``pairs`` for
+    the length of the ``with`` block, and remove them however the block ends."""
+    handles = [module.register_forward_hook(fn) for module, fn in pairs]
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 
 from slimkit import atomic
+from slimkit.config import read_json
 from slimkit.errors import UserError
 from slimkit.reports.figures import heatmap, line_chart
 from slimkit.reports.provenance import as_recipe
@@ -351,10 +352,7 @@ def build_report(run_dir: Path, *, report_name: str = "report.json") -> str:
     report_path = run_dir / report_name
     if not report_path.is_file():
         raise UserError(f"{run_dir} has no {report_name}; is it the --out of a finished compress run?")
-    try:
-        report = json.loads(report_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{report_path} is not valid JSON: {exc}") from None
+    report = read_json(report_path, "report")
     metrics = run_dir / "metrics.jsonl"
     history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
         if metrics.exists() else []
