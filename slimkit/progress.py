@@ -77,8 +77,8 @@ class _LineTask:
         self.description = description
 
     def epoch_done(self, epoch, epochs, loss, val_accuracy, seconds):
-        console.print(_LINE_PREFIX + epoch_line(self.description, epoch, epochs, loss, val_accuracy, seconds), markup=False,
-                      highlight=False, soft_wrap=True)
+        line = epoch_line(self.description, epoch, epochs, loss, val_accuracy, seconds)
+        console.print(_LINE_PREFIX + line, markup=False, highlight=False, soft_wrap=True)
 
 
 class _NullTask:
