@@ -251,3 +251,44 @@ def test_verbose_prefixes_each_cell_line_with_its_name(tmp_path, capsys):
         set_line_prefix(previous)
     err = capsys.readouterr().err.splitlines()
     assert err == ["cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), "cellA: a message"]
+
+
+class NotSharedExecutor(InlineExecutor):
+    """Runs cells as a worker on another machine would: the driver's output directory is not there
+    (the share token does not match), so each cell's files come back as bytes."""
+
+    returned: list = []
+
+    def run(self, specs, on_start):
+        for spec in specs:
+            on_start(spec, "elsewhere")
+            result = run_cell({**spec, "share": {**spec["share"], "token": "not the driver's token"}})
+            self.returned.append(sorted(result["files"] or {}))
+            yield spec, result
+
+
+class NotSharedPlugin:
+    @hookimpl
+    def register_executors(self, register):
+        register("elsewhere", NotSharedExecutor, "as if on a node without the shared output directory (test)")
+
+
+@pytest.mark.slow
+def test_cells_whose_worker_cannot_see_the_output_come_back_as_bytes_with_equal_results(tmp_path, fresh_registry):
+    set_registry(load_registry(extra_plugins=[NotSharedPlugin()]))
+    body = 'models = ["lenet300"]\nmodel_options = { width = 0.1 }\nmethods = ["prune"]\n' \
+           '[options]\n"prune.sparsity" = [0.5]\n'
+    # each trains its own baseline: the same files in both cell directories
+    here = run_sweep(write_grid(tmp_path / "a.toml", tmp_path / "here", tmp_path / "c1", body), log=lambda *a: None)
+    away = run_sweep(write_grid(tmp_path / "b.toml", tmp_path / "away", tmp_path / "c2", body), executor="elsewhere",
+                     log=lambda *a: None)
+    assert here["ran"] == away["ran"] and len(away["ran"]) == 2
+    assert all({"report.json", "model.slim", "baseline.slim"} <= set(files) for files in NotSharedExecutor.returned)
+    assert results(tmp_path / "away") == results(tmp_path / "here")
+    for cell in away["ran"]:
+        assert sorted(p.name for p in (tmp_path / "away" / "cells" / cell).iterdir()) == \
+            sorted(p.name for p in (tmp_path / "here" / "cells" / cell).iterdir())
+    with pytest.raises(ValueError, match="outside the cell directory"):
+        from slimkit.sweep.cell import write_returned_files
+
+        write_returned_files(tmp_path / "away" / "cells" / away["ran"][0], {"../../escape.txt": b"x"})
