@@ -46,6 +46,9 @@ class Executor:
     def describe(self) -> str:
         return self.name
 
+    def close(self) -> None:
+        """Called by the driver when the sweep ends (workers, connections)."""
+
 
 class LocalExecutor(Executor):
     """Today's sweep: each cell in this process, in order."""
@@ -91,6 +94,7 @@ class ProcessExecutor(Executor):
     def __init__(self, workers: int, threads: int | None = None):
         self.slots = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self._slots: list[list] = []
 
     def describe(self) -> str:
         return f"local:{self.slots} ({self.threads} thread(s) each)"
@@ -108,7 +112,9 @@ class ProcessExecutor(Executor):
 
         ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or locks
         queue, attempts = collections.deque(specs), collections.Counter()
-        slots: list[list] = [[None, None, None] for _ in range(self.slots)]  # process, pipe, spec
+        if not self._slots:  # workers stay up between calls (baselines, then method cells) until close()
+            self._slots = [[None, None, None] for _ in range(self.slots)]  # process, pipe, spec
+        slots = self._slots
         try:
             while queue or any(s[2] is not None for s in slots):
                 for index, slot in enumerate(slots):
@@ -140,19 +146,24 @@ class ProcessExecutor(Executor):
                             yield spec, _died(spec, f"exit code {proc.exitcode}")
                         else:
                             queue.appendleft(spec)
-        finally:
-            for proc, conn, _ in slots:
-                if proc is None:
-                    continue
-                if proc.is_alive():
-                    try:
-                        conn.send(None)
-                    except OSError:
-                        pass
-                    proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()  # interrupted mid-cell: the cell resumes from its checkpoints next time
-                    proc.join()
+        except BaseException:  # interrupted mid-cell: the cells resume from their checkpoints next time
+            self.close(kill=True)
+            raise
+
+    def close(self, kill: bool = False) -> None:
+        for proc, conn, _ in self._slots:
+            if proc is None:
+                continue
+            if proc.is_alive() and not kill:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        self._slots = []
 
 
 class RayExecutor(Executor):

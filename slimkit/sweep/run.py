@@ -152,6 +152,7 @@ def _run_cells(grid, cells, dist, say, verbose: bool, executor) -> dict:
         interrupted = exc
         say("sweep interrupted")
     finally:
+        executor.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if share is not None:
