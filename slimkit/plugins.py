@@ -27,7 +27,7 @@ from slimkit.errors import UserError
 from slimkit.nn.spec import ModuleRegistry
 
 ENTRY_POINT_GROUP = "slimkit"
-BUILTIN_PLUGINS = ("slimkit.models.zoo", "slimkit.data.builtin", "slimkit.nn.builtin", "slimkit.sweep.executors")
+BUILTIN_PLUGINS = ("slimkit.models.zoo", "slimkit.data.builtin", "slimkit.nn.builtin", "slimkit.executors")
 DISABLE_ENV = "SLIMKIT_DISABLE_PLUGINS"
 BUILTIN_DISTRIBUTION = "slimkit"
 

@@ -1,5 +1,5 @@
 """Where a sweep's cells run: the built-in executors (``local``, ``local:N``, ``ray[:ADDRESS]``),
-registered through the ``register_executors`` hook like any plugin's.
+registered through the ``register_executors`` hook like any plugin's (by :mod:`slimkit.executors`).
 
 An executor receives cell specs (:mod:`slimkit.sweep.cell`) and yields ``(spec, result)`` as cells
 finish, in any order; it calls ``on_start(spec, where)`` when a cell starts. It never decides what
@@ -21,7 +21,6 @@ import os
 import threading
 import time
 
-from slimkit import hookimpl
 from slimkit.errors import UserError
 from slimkit.sweep.cell import run_cell
 
@@ -211,25 +210,3 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-
-
-def make_executor(argument: str | None, kind: str) -> Executor:
-    if kind == "ray":
-        return RayExecutor(argument)
-    if argument is None:
-        return LocalExecutor()
-    try:
-        workers = int(argument)
-    except ValueError:
-        workers = 0
-    if workers < 1:
-        raise UserError(f"--executor local:{argument}: expected a number of worker processes, e.g. local:4")
-    return ProcessExecutor(workers)
-
-
-@hookimpl
-def register_executors(register):
-    register("local", lambda argument: make_executor(argument, "local"),
-             "this machine: in this process (local) or N worker processes (local:N)")
-    register("ray", lambda argument: make_executor(argument, "ray"),
-             "a Ray cluster (ray:ADDRESS, default ray.init()); needs slimkit[ray]")
