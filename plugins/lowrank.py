@@ -364,7 +364,9 @@ def _capture_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> 
     found: dict[str, torch.Tensor] = {}
 
     def keep_input(name):
-        return lambda module, inputs, output: found.setdefault(name, inputs[0].detach())
+        def hook(module, inputs, output):  # returns None: a hook's return value would replace the output
+            found.setdefault(name, inputs[0].detach())
+        return hook
 
     with forward_hooks([(model.get_submodule(name), keep_input(name)) for name in names]), eval_mode(model):
         model(x)

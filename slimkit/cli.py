@@ -188,12 +188,14 @@ def sweep(
     grid: Path = typer.Argument(..., help="TOML grid: models, data, seeds, a method chain, [options] lists (docs/sweep.md)."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default: the grid's `out`)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the grid and list its cells; train nothing."),
-    verbose: bool = typer.Option(False, help="Show every cell's progress output."),
+    verbose: bool = typer.Option(False, help="Show every cell's progress output (each line prefixed with its cell)."),
+    executor: str = typer.Option("local", help="Where cells run: local (in order, in this process), local:N "
+                                               "(N worker processes), ray[:ADDRESS] (slimkit[ray]); docs/sweep.md."),
 ):
     """Run every combination of a grid as compress runs (resumable); write OUT/results.csv, results.md, plots."""
     from slimkit.sweep import run_sweep
 
-    result = run_sweep(grid, out=out_dir, dry_run=dry_run, verbose=verbose, log=out.print)
+    result = run_sweep(grid, out=out_dir, dry_run=dry_run, verbose=verbose, log=out.print, executor=executor)
     if result["failed"]:
         raise UserError(f"{len(result['failed'])} cell(s) failed: {', '.join(result['failed'])} (the other cells "
                         f"finished; see {result['out']}/results.csv; rerun to retry only the failed ones)")

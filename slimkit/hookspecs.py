@@ -74,6 +74,16 @@ def register_channel_rules(register):
 
 
 @hookspec
+def register_executors(register):
+    """Called once at start-up to collect sweep executors (``slimkit sweep --executor NAME[:ARG]``).
+
+    Call ``register(name, factory, summary)`` where ``factory(argument)`` returns a
+    :class:`slimkit.sweep.executors.Executor`; ``argument`` is the text after ``name:``
+    (``None`` when absent). A cluster scheduler (Slurm over submitit, say) is a plugin.
+    """
+
+
+@hookspec
 def stage_started(stage, options, context):
     """Called when a pipeline stage starts (a baseline training or a method).
 

@@ -27,7 +27,7 @@ from slimkit.errors import UserError
 from slimkit.nn.spec import ModuleRegistry
 
 ENTRY_POINT_GROUP = "slimkit"
-BUILTIN_PLUGINS = ("slimkit.models.zoo", "slimkit.data.builtin", "slimkit.nn.builtin")
+BUILTIN_PLUGINS = ("slimkit.models.zoo", "slimkit.data.builtin", "slimkit.nn.builtin", "slimkit.executors")
 DISABLE_ENV = "SLIMKIT_DISABLE_PLUGINS"
 BUILTIN_DISTRIBUTION = "slimkit"
 
@@ -65,7 +65,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class Registry:
-    """Methods, models, data sets and module types contributed by all loaded plugins."""
+    """Methods, models, data sets, module types and sweep executors contributed by all loaded plugins."""
 
     def __init__(self, pm: pluggy.PluginManager, plugins: list[PluginInfo]):
         self.pm = pm
@@ -73,6 +73,7 @@ class Registry:
         self.methods: dict[str, Registered] = {}
         self.models: dict[str, Registered] = {}
         self.datasets: dict[str, Registered] = {}
+        self.executors: dict[str, Registered] = {}
         self.modules = ModuleRegistry()
         self.channel_rules: list[tuple] = []  # (layer class or op name, propagate, resize)
         self._collect()
@@ -102,7 +103,8 @@ class Registry:
         hooks = (("register_methods", method_args), ("register_models", named_args("model")),
                  ("register_datasets", named_args("dataset")), ("register_modules", lambda cls: [("module", cls)]),
                  ("register_channel_rules", lambda target, propagate, resize=None: [("rule", target, propagate,
-                                                                                       resize)]))
+                                                                                       resize)]),
+                 ("register_executors", named_args("executor")))
         for hook, to_items in hooks:
             for impl in getattr(self.pm.hook, hook).get_hookimpls():
                 pending: list[tuple] = []
@@ -118,7 +120,7 @@ class Registry:
         """A plugin whose registration raised contributes nothing and receives no events."""
         info = self.plugin_info(plugin)
         info.error = error
-        for table in (self.methods, self.models, self.datasets):
+        for table in (self.methods, self.models, self.datasets, self.executors):
             for name in [n for n, r in table.items() if r.plugin == plugin]:
                 del table[name]
         if self.pm.get_plugin(plugin) is not None:
@@ -144,7 +146,8 @@ class Registry:
                 self._refuse(plugin, f"plugin {plugin!r} from {info.distribution}: module type not registered: {exc}")
             return
         name, obj, summary = item
-        table = {"method": self.methods, "model": self.models, "dataset": self.datasets}[kind]
+        table = {"method": self.methods, "model": self.models, "dataset": self.datasets,
+                 "executor": self.executors}[kind]
         if not name or not isinstance(name, str):
             self._refuse(plugin, f"plugin {plugin!r} from {info.distribution} registered a {kind} without a name")
         elif name in table:
@@ -176,6 +179,14 @@ class Registry:
         if name not in self.datasets:
             raise UserError(f"unknown dataset {name!r}; available datasets: {', '.join(sorted(self.datasets))}")
         return self.datasets[name].obj
+
+    def executor(self, spec: str):
+        """The sweep executor for ``NAME[:ARGUMENT]`` (``local``, ``local:4``, ``ray:HOST:PORT``)."""
+        name, _, argument = spec.partition(":")
+        if name not in self.executors:
+            raise UserError(f"--executor {spec}: unknown executor {name!r}; available executors: "
+                            f"{', '.join(sorted(self.executors)) or '(none)'}")
+        return self.executors[name].obj(argument or None)
 
     def emit(self, hook: str, **kwargs) -> None:
         getattr(self.pm.hook, hook)(**kwargs)

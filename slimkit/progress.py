@@ -8,6 +8,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+_LINE_PREFIX = ""  # a sweep cell's name before each of its lines (`slimkit sweep --verbose`)
+
+
+def set_line_prefix(prefix: str) -> str:
+    """Prefix every progress line with ``prefix`` (and draw no bars: cells may run side by side);
+    returns the previous prefix."""
+    global _LINE_PREFIX
+    previous, _LINE_PREFIX = _LINE_PREFIX, prefix
+    return previous
 
 
 class Reporter:
@@ -16,14 +25,14 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            console.print(message, highlight=False)
+            console.print(_LINE_PREFIX + message, highlight=False)
 
     @contextmanager
     def bar(self, description: str, total: int):
         if not self.enabled:
             yield _NullTask()
             return
-        if not console.is_terminal:  # a bar would only be drawn once, at the end
+        if not console.is_terminal or _LINE_PREFIX:  # a bar would only be drawn once, at the end
             yield _LineTask(description)
             return
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -68,8 +77,8 @@ class _LineTask:
         self.description = description
 
     def epoch_done(self, epoch, epochs, loss, val_accuracy, seconds):
-        console.print(epoch_line(self.description, epoch, epochs, loss, val_accuracy, seconds), markup=False,
-                      highlight=False, soft_wrap=True)
+        line = epoch_line(self.description, epoch, epochs, loss, val_accuracy, seconds)
+        console.print(_LINE_PREFIX + line, markup=False, highlight=False, soft_wrap=True)
 
 
 class _NullTask:

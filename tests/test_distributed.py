@@ -78,3 +78,60 @@ def test_torchrun_sensitivity_shards_the_cells_and_equals_one_process(tmp_path):
     a = json.loads((tmp_path / "two" / "sensitivity.json").read_text())
     b = json.loads((tmp_path / "one" / "sensitivity.json").read_text())
     assert a["accuracy"] == b["accuracy"] and a["cells_computed"] == b["cells_computed"] == 9
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _without_timings(obj):
+    """A report with its wall-clock fields removed (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k not in ("seconds", "cache_file")}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_two_node_torchrun_equals_one_node_two_processes(tmp_path):
+    """`--nnodes 2 --nproc_per_node 1` with a c10d rendezvous, both "nodes" on this machine, gives the
+    same weights, masks and report as `--nnodes 1 --nproc_per_node 2`."""
+    import torch
+
+    from slimkit import storage
+    from slimkit.plugins import get_registry
+
+    def compress(out, cache):
+        return ["-m", "slimkit", "compress", "--data", "synthetic", "--model", "lenet300", "--model-opt", "width=0.25",
+                "--baseline-epochs", "1", "--epochs", "1", "--method", "prune", "--set", "sparsity=0.8",
+                "--out", str(out), "--quiet", "--no-latency", "--seed", "3"], {**os.environ, "OMP_NUM_THREADS": "1",
+                                                                               "SLIMKIT_CACHE": str(cache)}
+
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    args, env = compress(tmp_path / "one", tmp_path / "cache-one")
+    one = subprocess.run([*run, "--standalone", "--nnodes", "1", "--nproc_per_node", "2", *args], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    args, env = compress(tmp_path / "two", tmp_path / "cache-two")
+    nodes = [subprocess.Popen([*run, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+                               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert a["world_size"] == b["world_size"] == 2
+    assert _without_timings(a) == _without_timings(b)
+    registry = get_registry()
+    for name in ("model.slim", "baseline.slim"):
+        sa, sb = (storage.load_model(tmp_path / d / name, registry).model.state_dict() for d in ("one", "two"))
+        assert sa.keys() == sb.keys()
+        assert any(k.endswith("weight_mask") for k in sa) or name == "baseline.slim"
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), (name, key)

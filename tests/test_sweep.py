@@ -34,6 +34,10 @@ class Toy(Method):
         if counter:
             with open(counter, "a") as f:
                 f.write(f"scale={opts['scale']} fail={opts['fail']}\\n")
+        pids = os.environ.get("TOY_PIDS")  # which process runs which cell (the executor tests kill one)
+        if pids:
+            with open(pids, "a") as f:
+                f.write(f"{os.getpid()} scale={opts['scale']} fail={opts['fail']}\\n")
         time.sleep(opts["sleep"])
         if opts["fail"]:
             raise RuntimeError("boom: toy told to fail")

@@ -4,7 +4,7 @@ A grid (TOML; docs/sweep.md has the full format) names models, data sets, seeds,
 method chain and lists of option values. The sweep runs the cartesian product: for
 every (model, model options, data, seed) a *baseline cell* (the chain left empty: the
 trained model as it is) and then one *method cell* per combination of the option
-lists. Each cell is an ordinary in-process :class:`slimkit.pipeline.Run` writing into
+lists. Each cell is an ordinary :class:`slimkit.pipeline.Run` writing into
 ``OUT/cells/<cell-id>/`` (its ``report.json``, ``metrics.jsonl``, ``model.slim``...);
 cells of the same model, data and seed share the cached baseline, which the baseline
 cell trains first.
@@ -37,8 +37,16 @@ which cells to skip is broadcast); only rank 0 writes files. One process group s
 the whole sweep (``Run.execute(teardown=False)``): re-initialising it after a teardown
 hangs under torchrun.
 
+``--executor`` chooses where cells run (:mod:`~slimkit.sweep.executors`): ``local`` (this process,
+in order: the above), ``local:N`` (worker processes), ``ray[:ADDRESS]`` or a plugin's executor
+(hook ``register_executors``). A cell's result depends only on its spec
+(:func:`slimkit.sweep.cell.run_cell`); with parallel executors the driver trains the baselines
+before any method cell starts.
+
 The package: :mod:`~slimkit.sweep.grid` (reading, checking, expanding a grid),
-:mod:`~slimkit.sweep.run` (running the cells, resume, failures, signals),
+:mod:`~slimkit.sweep.run` (the driver: which cells, resume, failures, signals),
+:mod:`~slimkit.sweep.cell` (one cell, anywhere), :mod:`~slimkit.sweep.executors` (where cells run),
+:mod:`~slimkit.sweep.progress` (the grid's status line),
 :mod:`~slimkit.sweep.report` (results.csv, results.md) and :mod:`~slimkit.sweep.plots`
 (the figures).
 """

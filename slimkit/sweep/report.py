@@ -28,13 +28,18 @@ def write_json(path: Path, obj) -> None:
 
 
 
-def last_stage_curve(cell_dir: Path, stage: str) -> list:
-    """Validation accuracy per epoch of the last training call of ``stage`` in the cell's metrics.jsonl."""
+def last_stage_curve(cell_dir: Path, stage: str, report: dict | None = None) -> list:
+    """Validation accuracy per epoch of the last training call of ``stage`` in the cell's metrics.jsonl
+    (for a baseline taken from the cache, in the curve kept beside the cached weights)."""
+    from slimkit.pipeline import baseline_curve_path
+
     path = cell_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     rows = [r for r in rows if r.get("stage") == stage]
+    cached = ((report or {}).get("baseline") or {}).get("cache_file")
+    if not rows and stage == "baseline" and cached:  # the same curve whether this cell trained it or not
+        kept = read_json(baseline_curve_path(Path(cached)))
+        rows = [r for r in kept if isinstance(r, dict) and r.get("stage") == stage] if isinstance(kept, list) else []
     if not rows:
         return []
     last_call = max(r.get("call", 0) for r in rows)
@@ -58,7 +63,7 @@ def collect(grid: Grid, cells: list[Cell]) -> list[dict]:
         if report is not None and stored == cell.config(grid):
             b, f = report["baseline"], report["final"]
             stage = cell.methods[-1] if cell.methods else "baseline"
-            curve = last_stage_curve(cell_dir, stage)
+            curve = last_stage_curve(cell_dir, stage, report)
             row.update({
                 "status": "done", "epochs": grid.epochs if cell.methods else 0,
                 "baseline_epochs": grid.baseline_epochs,

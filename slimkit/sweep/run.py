@@ -1,18 +1,21 @@
-"""Running a sweep: every cell as an in-process compress run, skipping finished cells (resume),
-recording failed ones, stopping cleanly on SIGINT/SIGTERM, then writing the results."""
+"""Running a sweep (the driver): choosing the cells still to run (resume), handing them to an
+executor (:mod:`slimkit.sweep.executors`; baselines first when cells run side by side), recording
+failed ones, stopping cleanly on SIGINT/SIGTERM, then writing the results."""
 from __future__ import annotations
 
-import json
+import dataclasses
+import secrets
 import shutil
 import signal
 import time
-import traceback
 from pathlib import Path
 
 from slimkit import atomic, distributed
 from slimkit.errors import UserError
 from slimkit.rundir import OutLock
+from slimkit.sweep.cell import MARKER_NAME, write_returned_files
 from slimkit.sweep.grid import read_grid, validate
+from slimkit.sweep.progress import GridProgress
 from slimkit.sweep.report import collect, read_json, write_json, write_results
 
 
@@ -21,12 +24,20 @@ def _raise_interrupt(signum, frame):
 
 
 def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbose: bool = False,
-              log=print) -> dict:
-    """Run (or with ``dry_run`` only validate and list) a grid. Returns ``{"rows", "failed", "ran",
-    "skipped", "out"}`` (``rows`` only on rank 0)."""
+              log=print, executor: str = "local") -> dict:
+    """Run (or with ``dry_run`` only validate and list) a grid on ``executor`` (``local``, ``local:N``,
+    ``ray[:ADDRESS]`` or a plugin's). Returns ``{"rows", "failed", "ran", "skipped", "out"}`` (``rows``
+    only on rank 0)."""
+    from slimkit.plugins import get_registry
+
     grid = read_grid(Path(grid_path), out)
     cells = validate(grid)
+    runner = get_registry().executor(executor)
     dist = distributed.setup()
+    if runner.parallel and dist.world_size > 1:
+        distributed.teardown(dist)
+        raise UserError(f"--executor {executor} runs cells in other processes; under torchrun use --executor local "
+                        "(every rank runs each cell together)")
     main = dist.is_main
     say = log if main else (lambda *a, **k: None)
     n_method = sum(c.kind == "method" for c in cells)
@@ -38,14 +49,61 @@ def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbo
         return {"rows": [], "failed": [], "ran": [], "skipped": [], "out": grid.out, "cells": cells}
     lock = OutLock(grid.out, "sweep").acquire() if main else None  # one sweep per output directory
     try:
-        return _run_cells(grid, cells, dist, say, verbose)
+        say(f"executor: {runner.describe()}")
+        return _run_cells(grid, cells, dist, say, verbose, runner)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_cells(grid, cells, dist, say, verbose: bool) -> dict:
-    from slimkit.pipeline import Run, RunConfig
+def _prepare(grid, cells, main: bool) -> list:
+    """Rank 0 decides which cells still have to run (resume: report.json present and cell.json equal
+    to the grid's settings means finished) and readies their directories."""
+    pending = []
+    for cell in cells:
+        cell_dir = grid.out / "cells" / cell.id
+        config = cell.config(grid)
+        if not main:
+            continue
+        stored = read_json(cell_dir / "cell.json")
+        if (cell_dir / "report.json").exists() and stored == config:
+            continue
+        if cell_dir.exists() and stored != config:
+            shutil.rmtree(cell_dir)  # settings changed (or an older layout): start the cell over
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_json(cell_dir / "cell.json", config)
+        (cell_dir / "error.txt").unlink(missing_ok=True)
+        pending.append(cell.id)
+    return pending
+
+
+def _spec(grid, cell, out: Path, verbose: bool, share, write_error: bool, methods=None) -> dict:
+    from slimkit.pipeline import RunConfig
+
+    cfg = RunConfig(model=cell.model, data=cell.data, methods=list(cell.methods if methods is None else methods),
+                    options=cell.options if methods is None else {}, model_options=dict(cell.model_options),
+                    epochs=grid.epochs, baseline_epochs=grid.baseline_epochs, lr=grid.lr,
+                    batch_size=grid.batch_size, optimizer=grid.optimizer, seed=cell.seed, out=str(out),
+                    resume=True, latency=grid.latency, quiet=not verbose, cache_dir=grid.cache_dir)
+    return {"id": cell.id, "out": str(out), "config": dataclasses.asdict(cfg), "verbose": verbose,
+            "share": share, "write_error": write_error}
+
+
+def _baseline_jobs(grid, cells, todo, verbose, share) -> list:
+    """Baselines are trained once and shared: before a parallel executor starts method cells, every
+    baseline they need is trained (or found in the cache), by the group's baseline cell when it is
+    to run, otherwise by a baseline-only run in OUT/.baselines/ (removed afterwards)."""
+    running = {c.variant for c in todo if c.kind == "baseline"}
+    jobs, seen = [], set()
+    for cell in todo:
+        if cell.kind == "method" and cell.variant not in running and cell.variant not in seen:
+            seen.add(cell.variant)
+            spec = _spec(grid, cell, grid.out / ".baselines" / cell.variant, verbose, share, True, methods=[])
+            jobs.append({**spec, "id": f"{cell.variant}-baseline (for the method cells)", "prepare": True})
+    return jobs
+
+
+def _run_cells(grid, cells, dist, say, verbose: bool, executor) -> dict:
     from slimkit.train import Interrupted
 
     main = dist.is_main
@@ -58,57 +116,51 @@ def _run_cells(grid, cells, dist, say, verbose: bool) -> dict:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread
         previous = None
-    ran, skipped, failed = [], [], []
+    pending = set(distributed.broadcast_object(dist, _prepare(grid, cells, main)))
+    number = {c.id: i for i, c in enumerate(cells, start=1)}
+    for cell in cells:
+        if cell.id not in pending:
+            say(f"[{number[cell.id]}/{len(cells)}] {cell.id}: finished earlier, skipped")
+    todo = [c for c in cells if c.id in pending]
+    share = None
+    if executor.parallel:  # workers elsewhere check that they see the driver's output directory
+        share = {"path": str(grid.out / MARKER_NAME), "token": secrets.token_hex(16)}
+        atomic.write_text(Path(share["path"]), share["token"])
+        phases = [_baseline_jobs(grid, cells, todo, verbose, share)
+                  + [_spec(grid, c, grid.out / "cells" / c.id, verbose, share, True) for c in todo
+                     if c.kind == "baseline"],
+                  [_spec(grid, c, grid.out / "cells" / c.id, verbose, share, True) for c in todo
+                   if c.kind == "method"]]
+    else:
+        phases = [[_spec(grid, c, grid.out / "cells" / c.id, verbose, None, main) for c in todo]]
+    tracker = GridProgress(len(cells), len(cells) - len(todo), executor, say)
+    ran, failed = [], []
     interrupted = None
     started = time.perf_counter()
     try:
-        for i, cell in enumerate(cells, start=1):
-            cell_dir = grid.out / "cells" / cell.id
-            config = cell.config(grid)
-            done = False
-            if main:
-                stored = read_json(cell_dir / "cell.json")
-                done = (cell_dir / "report.json").exists() and stored == config
-                if not done:
-                    if cell_dir.exists() and stored != config:
-                        shutil.rmtree(cell_dir)  # settings changed (or an older layout): start the cell over
-                    cell_dir.mkdir(parents=True, exist_ok=True)
-                    write_json(cell_dir / "cell.json", config)
-                    (cell_dir / "error.txt").unlink(missing_ok=True)
-            done = distributed.broadcast_object(dist, done)
-            if done:
-                skipped.append(cell.id)
-                say(f"[{i}/{len(cells)}] {cell.id}: finished earlier, skipped")
-                continue
-            say(f"[{i}/{len(cells)}] {cell.id}: running")
-            t0 = time.perf_counter()
-            cfg = RunConfig(model=cell.model, data=cell.data, methods=list(cell.methods), options=cell.options,
-                            model_options=dict(cell.model_options), epochs=grid.epochs,
-                            baseline_epochs=grid.baseline_epochs, lr=grid.lr, batch_size=grid.batch_size,
-                            optimizer=grid.optimizer, seed=cell.seed, out=str(cell_dir), resume=True,
-                            latency=grid.latency, quiet=not verbose, cache_dir=grid.cache_dir)
-            try:
-                report = Run(cfg).execute(teardown=False)  # one process group for the whole sweep
-            except (Interrupted, KeyboardInterrupt) as exc:
-                interrupted = exc
-                say(f"[{i}/{len(cells)}] {cell.id}: interrupted")
-                break
-            except Exception as exc:  # a failed cell is recorded; the rest go on
-                message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-                failed.append(cell.id)
-                if main:
-                    atomic.write_text(cell_dir / "error.txt", message + "\n\n" + traceback.format_exc())
-                say(f"[{i}/{len(cells)}] {cell.id}: FAILED: {message.splitlines()[0] if message else ''}")
-                continue
-            ran.append(cell.id)
-            if main and report is not None:
-                say(f"[{i}/{len(cells)}] {cell.id}: accuracy {100 * report['final']['accuracy']:.2f} % "
-                    f"(baseline {100 * report['baseline']['accuracy']:.2f} %), {time.perf_counter() - t0:.1f} s")
-    except KeyboardInterrupt as exc:  # between runs
+        for specs in phases:
+            for spec, result in executor.run([s for s in specs if s], tracker.started):
+                if result.get("files") is not None and main:
+                    write_returned_files(Path(spec["out"]), result["files"])
+                if spec.get("prepare"):
+                    shutil.rmtree(spec["out"], ignore_errors=True)
+                    tracker.prepared(spec, result)
+                    continue
+                (failed if result["status"] == "failed" else ran).append(spec["id"])
+                tracker.finished(spec, result)
+    except (Interrupted, KeyboardInterrupt) as exc:
         interrupted = exc
+        say("sweep interrupted")
     finally:
+        executor.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if share is not None:
+            Path(share["path"]).unlink(missing_ok=True)
+        shutil.rmtree(grid.out / ".baselines", ignore_errors=True)
+    ran = [c.id for c in cells if c.id in set(ran)]  # grid order, whatever order they finished in
+    failed = [c.id for c in cells if c.id in set(failed)]
+    skipped = [c.id for c in cells if c.id not in pending]
     rows = []
     if main:
         rows = collect(grid, cells)
