@@ -9,8 +9,6 @@ assert that bad tensors are Python errors, never a crash.
 """
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Callable
 import pytest
 import torch
 
-from conftest import MNIST_DIR, run_slimkit
+from conftest import run_slimkit
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -199,8 +197,8 @@ CLI_CASES = [
     Case("slim-truncated", ["evaluate", "{ws}/m.slim"], ("m.slim",), setup=_corrupt_slim("truncated")),
     Case("slim-header-zeroed", ["info", "{ws}/m.slim"], ("m.slim",), setup=_corrupt_slim("header")),
     Case("slim-flipped-tensor-byte", ["evaluate", "{ws}/m.slim"], ("m.slim",), setup=_corrupt_slim("flipped")),
-    Case("slim-as-model-wrong-data", ["compress", "--model", "{ws}/m.slim", "--data", f"mnist:{MNIST_DIR}", *W],
-         ("classes",), setup=lambda ws: _tiny_slim(ws)),
+    Case("slim-as-model-wrong-data", ["compress", "--model", "{ws}/m.slim", "--data", "mnist:{ws}/idx", *W],
+         ("classes",), setup=lambda ws: (_tiny_slim(ws), write_idx(ws / "idx"))),
     # ---- data files
     Case("mnist-missing-dir", ["compress", "--data", "mnist:{ws}/nowhere", *W], ("nowhere",)),
     Case("mnist-empty-dir", ["compress", "--data", "mnist:{ws}/empty", *W], ("no IDX files",),
