@@ -198,7 +198,7 @@ CLI_CASES = [
     Case("slim-header-zeroed", ["info", "{ws}/m.slim"], ("m.slim",), setup=_corrupt_slim("header")),
     Case("slim-flipped-tensor-byte", ["evaluate", "{ws}/m.slim"], ("m.slim",), setup=_corrupt_slim("flipped")),
     Case("slim-as-model-wrong-data", ["compress", "--model", "{ws}/m.slim", "--data", "mnist:{ws}/idx", *W],
-         ("classes",), setup=lambda ws: (_tiny_slim(ws), write_idx(ws / "idx"))),
+         ("classes",), setup=lambda ws: (_tiny_slim(ws), write_idx(ws / "idx", labels=[i % 10 for i in range(200)]))),
     # ---- data files
     Case("mnist-missing-dir", ["compress", "--data", "mnist:{ws}/nowhere", *W], ("nowhere",)),
     Case("mnist-empty-dir", ["compress", "--data", "mnist:{ws}/empty", *W], ("no IDX files",),
