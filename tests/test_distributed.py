@@ -89,9 +89,11 @@ def _free_port() -> int:
 
 
 def _without_timings(obj):
-    """A report with its wall-clock fields removed (they differ between any two runs)."""
+    """A report without what differs between any two runs of the same settings: wall-clock
+    times, and the paths and command line that name the run's own --out and cache."""
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if k not in ("seconds", "cache_file")}
+        return {k: _without_timings(v) for k, v in obj.items()
+                if k not in ("seconds", "cache_file", "command", "out", "cache_dir")}
     if isinstance(obj, list):
         return [_without_timings(v) for v in obj]
     return obj
