@@ -55,34 +55,29 @@ _RELU_FUNCS = (F.relu, torch.relu)
 
 
 def _conv_path(layer, in_shape, native: bool) -> tuple[bool, str]:
-    from slimkit.ops.conv import SPARSE_MIN_POSITIONS, _conv_out
+    """The op's own decision (:meth:`CSRWeight.runs_sparse`) for this input shape, not a copy of it."""
+    from slimkit.ops.conv import _conv_out
 
     sw = layer.sparse_weight
-    if not sw.uses_sparse:
-        return False, sw.reason
     if not native:
         return False, "native kernels unavailable (reference ops): dense conv2d"
     h, w = in_shape[-2], in_shape[-1]
     positions = (_conv_out(h, layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.dilation[0])
                  * _conv_out(w, layer.kernel_size[1], layer.stride[1], layer.padding[1], layer.dilation[1]))
-    if positions < SPARSE_MIN_POSITIONS:
-        return False, f"{positions} output positions < {SPARSE_MIN_POSITIONS}: dense conv2d"
+    if not sw.runs_sparse(positions):
+        return False, f"{sw.kernel_reason(positions)}: dense conv2d"
     return True, sw.reason
 
 
 def _linear_path(layer, in_shape, native: bool) -> tuple[bool, str]:
-    from slimkit.ops.linear import SPARSE_LINEAR_MIN_MACS
-
     sw = layer.sparse_weight
-    if not sw.uses_sparse:
-        return False, sw.reason
     if not native:
         return False, "native kernels unavailable (reference ops): dense F.linear"
     if len(in_shape) != 2:
         return False, f"{len(in_shape)}-D input: dense F.linear"
     macs = in_shape[0] * in_shape[1] * layer.out_features
-    if macs < SPARSE_LINEAR_MIN_MACS:
-        return False, f"{macs:,} MACs < {SPARSE_LINEAR_MIN_MACS:,} at this batch: dense F.linear"
+    if not sw.runs_sparse(macs):
+        return False, f"{sw.kernel_reason(macs)}: dense F.linear"
     return True, sw.reason
 
 
