@@ -466,11 +466,13 @@ def bench_kernels(
     op: Optional[List[str]] = typer.Option(None, "--op", help="Only these ops (kd_loss, gmm_prior, conv)."),
     as_json: bool = typer.Option(False, "--json"),
     quick: bool = typer.Option(False, help="Small shapes: a smoke test, not a measurement."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda: the CUDA kernels against cuDNN, cuBLAS, "
+                               "cuSPARSE and compiled standard formulations."),
 ):
     """Time the native kernels against eager PyTorch and torch.compile, side by side."""
     from slimkit.bench import kernels_command
 
-    kernels_command(ops=op, as_json=as_json, quick=quick)
+    kernels_command(ops=op, as_json=as_json, quick=quick, device=device)
 
 
 @bench_app.command("models")

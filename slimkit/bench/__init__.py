@@ -100,9 +100,10 @@ def _print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     m = result["machine"]
-    title = (f"slimkit kernels - torch {m['torch']}, {m['torch_threads']} threads, "
-             f"{m['backend']}" + (f", {m['kd_gmm_isa']}" if "kd_gmm_isa" in m else "")
-             + f"; memcpy {result['memcpy_gbps']:.1f} GB/s"
+    title = (f"slimkit kernels - torch {m['torch']}, "
+             + (f"{m['gpu']} (CUDA {m['cuda']}), " if "gpu" in m else f"{m['torch_threads']} threads, ")
+             + f"{m['backend']}" + (f", {m['kd_gmm_isa']}" if "kd_gmm_isa" in m else "")
+             + f"; {'device copy' if 'gpu' in m else 'memcpy'} {result['memcpy_gbps']:.1f} GB/s"
              + (f"; load avg {m['load_avg_1min']:.1f}" if "load_avg_1min" in m else ""))
     table = Table(title=title, caption="kd_loss, gmm_prior: forward + backward, speed-up vs eager; "
                                        "conv: speed-up vs dense conv2d; linear, end to end: vs the dense twin (see each module)")
@@ -129,28 +130,50 @@ def _print_table(result: dict[str, Any]) -> None:
         console.print("skipped: " + "; ".join(result["skipped"]))
 
 
-def kernels_command(ops: list[str] | None = None, as_json: bool = False, quick: bool = False) -> dict:
+def kernels_command(ops: list[str] | None = None, as_json: bool = False, quick: bool = False,
+                    device: str = "cpu") -> dict:
     """Run the kernel benchmarks, print a table (or JSON on stdout) and return the results.
 
     Args:
         ops: benchmark modules or ops to run ("kd", "gmm", "conv", "kd_loss", ...); all by default.
         as_json: print JSON instead of a table.
         quick: small shapes and no torch.compile: a smoke test, not a measurement (no targets).
+        device: "cpu" (the modules above) or "cuda" (:mod:`slimkit.bench.cuda`: the CUDA kernels
+            against cuDNN / cuBLAS / cuSPARSE and compiled standard formulations; ``ops`` then
+            filters its rows by op name).
 
     Returns:
         ``{"machine": {...}, "memcpy_gbps": float, "quick": bool, "rows": [...], "skipped": [...]}``.
     """
     from slimkit.bench.timing import memcpy_bandwidth_gbps
+    from slimkit.errors import UserError
 
-    chosen = _select(ops)
-    machine = _machine()
-    bandwidth = memcpy_bandwidth_gbps(64 << 20 if quick else 512 << 20)
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown --device {device!r}; choose cpu or cuda")
     rows: list[dict] = []
-    skipped = [f"{name} ({mod} not present)" for name, mod in MODULES.items()
-               if name not in chosen and not ops and importlib.util.find_spec(mod) is None]
-    for name, mod in chosen.items():
-        module = importlib.import_module(mod)
-        for row in module.run(quick=quick):
+    if device == "cuda":
+        from slimkit.bench import cuda as cuda_bench
+
+        cuda_rows = cuda_bench.run(quick=quick)  # refuses first when there is no GPU
+        machine = _machine()
+        import torch
+
+        machine["gpu"] = torch.cuda.get_device_name(0)
+        machine["cuda"] = torch.version.cuda
+        bandwidth = cuda_bench.copy_bandwidth_gbps(64 << 20 if quick else 1 << 30)
+        wanted = set(ops or [])
+        produced = [(name, cuda_rows if not wanted else [r for r in cuda_rows if r["op"] in wanted])
+                    for name in ("cuda",)]
+        skipped = []
+    else:
+        chosen = _select(ops)
+        machine = _machine()
+        bandwidth = memcpy_bandwidth_gbps(64 << 20 if quick else 512 << 20)
+        skipped = [f"{name} ({mod} not present)" for name, mod in MODULES.items()
+                   if name not in chosen and not ops and importlib.util.find_spec(mod) is None]
+        produced = ((name, importlib.import_module(mod).run(quick=quick)) for name, mod in chosen.items())
+    for _name, module_rows in produced:
+        for row in module_rows:
             if row.get("median_ms") is None and row.get("ms") is not None:
                 row["median_ms"] = row["ms"]
             median, nbytes = row.get("median_ms"), row.get("bytes")
@@ -161,7 +184,8 @@ def kernels_command(ops: list[str] | None = None, as_json: bool = False, quick: 
                 row.setdefault("gbps", None)
                 row.setdefault("bw_frac", None)
             rows.append(row)
-    result = {"machine": machine, "memcpy_gbps": bandwidth, "quick": quick, "rows": rows, "skipped": skipped}
+    result = {"machine": machine, "memcpy_gbps": bandwidth, "quick": quick, "device": device, "rows": rows,
+              "skipped": skipped}
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
