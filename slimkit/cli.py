@@ -234,8 +234,8 @@ def train(
     acc = trainer.evaluate(net, run.bundle, "test")
     if run.dist.is_main:
         size = run.save(out_file, net)
-        loaded = storage.load_model(out_file, registry)
-        acc = trainer.evaluate(loaded.model, run.bundle, "test")
+        loaded = storage.load_model(out_file, registry)  # loads on the CPU; the trainer's batches may be on a GPU
+        acc = trainer.evaluate(loaded.model.to(run.device), run.bundle, "test")
         out.print(f"wrote {out_file} ({size:,} bytes); test accuracy {100 * acc:.2f} % on {run.bundle.description}")
     distributed.teardown(run.dist)
 

@@ -149,7 +149,7 @@ def test_wrong_device_dtype_and_shape_are_python_errors():
 
 @pytest.mark.parametrize("method,options", [("prune", ["--set", "sparsity=0.8"]),
                                             ("distill", []),
-                                            ("sws", ["--epochs", "30"])])
+                                            ("sws", [])])  # sws: its default length (min_steps)
 def test_methods_train_on_the_gpu(tmp_path, method, options):
     """The whole job on the GPU (slimkit trains on CUDA when it is there): digits, the default model."""
     import json
@@ -160,7 +160,7 @@ def test_methods_train_on_the_gpu(tmp_path, method, options):
 
     out = tmp_path / method
     args = ["compress", "--method", method, "--baseline-epochs", "10", "--out", str(out), "--no-latency", *options]
-    if "--epochs" not in options:
+    if method != "sws":
         args += ["--epochs", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

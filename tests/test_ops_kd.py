@@ -294,8 +294,11 @@ def test_slimkit_cpu_capability_lowers_every_kernel_alike(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# The loss accumulates in float32 for float32, float16 and bfloat16 inputs alike, so they share the
+# float32 loss tolerance (a bfloat16 5 x 40000 case measured 1.1e-5 relative on an H200, built with
+# --use_fast_math); the gradient's tolerance is the input dtype's rounding.
 @pytest.mark.parametrize("dtype,rtol,gtol", [(torch.float32, 2e-5, 2e-5), (torch.float64, 1e-10, 1e-10),
-                                             (torch.float16, 1e-5, 2.0**-10), (torch.bfloat16, 1e-5, 2.0**-7)])
+                                             (torch.float16, 2e-5, 2.0**-10), (torch.bfloat16, 2e-5, 2.0**-7)])
 @pytest.mark.parametrize("N,C", [(1, 1), (3, 17), (64, 1000), (5, 40000)])
 def test_cuda_matches_cpu_reference(dtype, rtol, gtol, N, C):
     assert backend.use_native(torch.empty(0, device="cuda"), "slimkit::kd_loss_forward")
