@@ -495,7 +495,8 @@ def test_cuda_masked_conv2d(case, dtype):
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", [c for c in CASES if c[-1] == 1], ids=_case_id)
-def test_cuda_sparse_conv2d(case, dtype):
+def test_cuda_sparse_conv2d(case, dtype, monkeypatch):
+    monkeypatch.setenv("SLIMKIT_SPARSE_CUDA", "1")  # the kernel, not the default dense path on a GPU
     x, w, _, b = _case_tensors(case, dtype, 0.0, seed=20)
     w = _pruned(w, 0.85, torch.Generator().manual_seed(21))
     *_, s, p, d, _ = case

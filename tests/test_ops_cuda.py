@@ -111,8 +111,10 @@ def test_gradcheck_through_the_registered_autograd():
     assert torch.autograd.gradcheck(lambda a, b: masked_conv2d(a, b, m, None, 1, 1), (x, wc))
 
 
-def test_sparse_conv2d_matches_cudnn_on_a_vgg_layer():
+@pytest.mark.parametrize("sparse_cuda", ["1", "0"])  # the kernel, and the default dense path
+def test_sparse_conv2d_matches_cudnn_on_a_vgg_layer(sparse_cuda, monkeypatch):
     """A real layer shape (VGG-11 width 0.5, 14x14 plane, 90 % sparse), float32, batch 1 and 64."""
+    monkeypatch.setenv("SLIMKIT_SPARSE_CUDA", sparse_cuda)
     g = _gen(6)
     w = _pruned(torch.randn(128, 64, 3, 3, generator=g), 0.9, g).cuda()
     sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)

@@ -133,7 +133,7 @@ def _sparse_inference(quick: bool) -> list[dict]:
     import torch.nn.functional as F
 
     from slimkit.bench.timing import bench_case
-    from slimkit.ops import SparseConvWeight, sparse_conv2d
+    from slimkit.ops import SparseConvWeight
     from slimkit.ops.linear import SparseLinearWeight
 
     rows = []
@@ -144,7 +144,9 @@ def _sparse_inference(quick: bool) -> list[dict]:
         sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
         x = torch.randn(n, 64, 14, 14, generator=gen, device="cuda")
         ok, why = native_note(x, "slimkit::sparse_conv2d")
-        fns = {"native": (lambda: sparse_conv2d(x, sw, None, 1, 1)) if ok else None,
+        fns = {"native": (lambda: torch.ops.slimkit.sparse_conv2d(x, sw.row_ptr, sw.col_idx, sw.values,
+                                                                    list(w.shape), None, [1, 1], [1, 1], [1, 1]))
+               if ok else None,
                "eager": lambda: F.conv2d(x, w, None, 1, 1)}
         rows += bench_case("sparse_conv2d", f"{n}x64x14x14 -> 128, 3x3, 90% sparse", fns, bytes_moved=None,
                            warmup=3, repeats=5 if quick else 31,

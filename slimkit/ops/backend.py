@@ -41,6 +41,10 @@ __all__ = ["backend_name", "native_available", "use_native", "on_load", "load", 
 
 ENV_KERNELS = "SLIMKIT_KERNELS"
 ENV_CACHE = "SLIMKIT_EXT_CACHE"
+#: "1" makes sparse_conv2d / sparse_linear run their CUDA kernels on GPU tensors. By default a
+#: GPU runs the cached dense weight on cuDNN / cuBLAS instead: on an H200 every measured layer
+#: at 90 % sparsity was faster dense (0.26x-0.69x for the kernels; docs/BENCHMARKS.md, "GPU").
+ENV_SPARSE_CUDA = "SLIMKIT_SPARSE_CUDA"
 JIT_NAME = "slimkit_C"
 JIT_CFLAGS = ["-O3", "-std=c++17", "-fopenmp"]
 JIT_LDFLAGS = ["-fopenmp"]
@@ -234,6 +238,12 @@ def backend_name() -> str:
     load()
     assert _state is not None
     return _state.description
+
+
+def sparse_kernels_on(tensor: torch.Tensor) -> bool:
+    """Whether the sparse inference kernels may run for ``tensor``'s device at all (the CPU:
+    always; CUDA: only under ``SLIMKIT_SPARSE_CUDA=1``, see :data:`ENV_SPARSE_CUDA`)."""
+    return not tensor.is_cuda or os.environ.get(ENV_SPARSE_CUDA) == "1"
 
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}

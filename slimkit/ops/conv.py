@@ -280,8 +280,8 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
 
     Runs the direct sparse kernel when ``sparse_weight.uses_sparse``, the output plane has
     at least :data:`SPARSE_MIN_POSITIONS` positions and the native kernels are available
-    for the input's device, else dense ``conv2d`` on the (cached)
-    dense weight. When autograd needs a gradient through the call (input or bias
+    for the input's device (on a GPU only under ``SLIMKIT_SPARSE_CUDA=1``: cuDNN on the
+    dense weight was faster there), else dense ``conv2d`` on the (cached) dense weight. When autograd needs a gradient through the call (input or bias
     requiring grad), the differentiable dense path is taken: the sparse kernel has no
     backward.
     """
@@ -292,7 +292,7 @@ def sparse_conv2d(input, sparse_weight: SparseConvWeight, bias=None, stride=1, p
     needs_grad = torch.is_grad_enabled() and (input.requires_grad or (bias is not None and bias.requires_grad))
     if (not sparse_weight.uses_sparse or needs_grad or pad is None or input.dim() not in (3, 4)
             or not sparse_weight.runs_sparse(_positions(input, sparse_weight.shape, stride, pad, dilation))
-            or not _native(input, "sparse_conv2d")):
+            or not backend.sparse_kernels_on(input) or not _native(input, "sparse_conv2d")):
         return sparse_conv2d_reference(input, sparse_weight, bias, stride, padding, dilation)
     w = sparse_weight
     x = input.unsqueeze(0) if input.dim() == 3 else input

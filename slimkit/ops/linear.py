@@ -114,7 +114,8 @@ def sparse_linear(input, sparse_weight: SparseLinearWeight, bias=None):
 
     Runs the sparse kernel when ``sparse_weight.uses_sparse``, the call has at least
     :data:`SPARSE_LINEAR_MIN_MACS` dense multiply-accumulates and the native kernels are
-    available for the input's device, else ``F.linear`` on the (cached) dense weight. When
+    available for the input's device (on a GPU only under ``SLIMKIT_SPARSE_CUDA=1``: cuBLAS
+    on the dense weight was faster there), else ``F.linear`` on the (cached) dense weight. When
     autograd needs a gradient through the call, the differentiable dense path is taken:
     the sparse kernel has no backward.
     """
@@ -124,7 +125,7 @@ def sparse_linear(input, sparse_weight: SparseLinearWeight, bias=None):
     if (input.dim() == 0 or input.dtype != sparse_weight.values.dtype
             or not sparse_weight.runs_sparse(input.numel() * sparse_weight.shape[0])
             or (torch.is_grad_enabled() and (input.requires_grad or (bias is not None and bias.requires_grad)))
-            or not _native(input)):
+            or not backend.sparse_kernels_on(input) or not _native(input)):
         return sparse_linear_reference(input, sparse_weight, bias)
     w = sparse_weight
     x = input.reshape(-1, input.shape[-1]) if input.dim() != 2 else input
