@@ -137,3 +137,21 @@ def test_two_node_torchrun_equals_one_node_two_processes(tmp_path):
         assert any(k.endswith("weight_mask") for k in sa) or name == "baseline.slim"
         for key in sa:
             assert torch.equal(sa[key], sb[key]), (name, key)
+
+
+def test_more_local_ranks_than_gpus_train_on_the_cpu(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: no rank asks for cuda:1 (which does
+    not exist) or shares a GPU under NCCL; all of them train on the CPU over gloo."""
+    import torch
+
+    from slimkit import distributed
+    from slimkit.api import DistInfo
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert not distributed.ranks_use_gpus()
+    assert distributed.device_for(DistInfo(rank=1, world_size=2, local_rank=1)).type == "cpu"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert distributed.ranks_use_gpus()
+    assert distributed.device_for(DistInfo(rank=0, world_size=2, local_rank=0)) == torch.device("cuda", 0)
