@@ -133,6 +133,14 @@ class ModuleRegistry:
         """The type names a file is written with (aliases are not listed)."""
         return sorted(set(BUILTINS) | set(self._classes))
 
+    def knows(self, cls) -> bool:
+        """Whether instances of ``cls`` are described by a spec node (a torch built-in above or a
+        registered class); anything else is saved through :mod:`slimkit.nn.graphspec`."""
+        key = type_name(cls)
+        if key in self._classes:
+            return self._classes[key] is cls
+        return key in BUILTINS and BUILTINS[key][0] is cls
+
     def resolve(self, key: str) -> str:
         """The current type name for ``key`` (``key`` itself unless it is a registered alias)."""
         return key if key in self._classes else self._aliases.get(key, key)
