@@ -295,7 +295,7 @@ def _build_tree(spec, modules: ModuleRegistry, path: str) -> nn.Module:
 def _walk(root: nn.Module, target: str, where: str):
     """The module owning ``target`` (a dotted path) and the last name; ValueError if the path is not modules."""
     parts = target.split(".") if isinstance(target, str) else [""]
-    if not all(p.isidentifier() or p.isdigit() for p in parts):
+    if not all((p.isidentifier() or p.isdigit()) and not p.startswith("__") for p in parts):
         raise ValueError(f"{where}: target {target!r} is not a submodule path")
     module = root
     for part in parts[:-1]:
@@ -371,7 +371,9 @@ def build(arch: dict, modules: ModuleRegistry) -> nn.Module:
                 raise ValueError(f"{where}: not an allowed torch.Tensor method")
         elif op in ("call_module", "get_attr"):
             owner, field = _walk(root, target, where)
-            value = owner._modules.get(field) if op == "call_module" else getattr(owner, field, None)
+            # the module's own tables, never getattr: a name in the file runs no property
+            value = owner._modules.get(field) if op == "call_module" else \
+                owner._parameters.get(field, owner._buffers.get(field))
             if op == "call_module" and value is None or op == "get_attr" and not isinstance(value, torch.Tensor):
                 raise ValueError(f"{where}: the target is not a {'module' if op == 'call_module' else 'tensor'} "
                                  "of the architecture")
