@@ -23,6 +23,7 @@ node, raised while describing, so before anything is written.
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
 import math
 import operator
@@ -53,9 +54,12 @@ _DENIED_METHODS = {"storage", "untyped_storage", "share_memory_", "set_", "data_
                    "register_post_accumulate_grad_hook", "backward", "apply_", "map_", "map2_", "record_stream",
                    "pin_memory", "numpy", "tolist"}
 _BUILTINS = {"getattr", "len", "min", "max", "abs", "int", "float", "bool", "round"}
-#: Where a ``call_function`` target may come from, by the prefix of its qualified name.
-NAMESPACES = {"torch": torch, "torch.nn.functional": F, "operator": operator, "math": math, "builtins": builtins,
-              "torch.Tensor": torch.Tensor}
+#: Where a ``call_function`` target may come from, by the prefix of its qualified name. In the
+#: torch namespaces only tensor operations count: those torch lists as overridable
+#: (``torch.overrides``), which are also the only torch functions fx records.
+NAMESPACES = {"torch": torch, "torch.nn.functional": F, "torch.linalg": torch.linalg, "torch.fft": torch.fft,
+              "torch.special": torch.special, "torch.Tensor": torch.Tensor, "operator": operator, "math": math,
+              "builtins": builtins}
 _EXTRA = {"torch._assert": torch._assert}  # what fx itself inserts for `assert` in a traced forward
 
 
@@ -79,9 +83,17 @@ def _allowed(namespace: str, name: str):
     obj = getattr(NAMESPACES[namespace], name, None)
     if obj is None or not callable(obj) or isinstance(obj, type) and namespace != "builtins":
         return None
-    if namespace == "torch.nn.functional" and not (getattr(obj, "__module__", None) or "").startswith("torch"):
+    if namespace.startswith("torch") and id(obj) not in _tensor_operations():
         return None
     return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _tensor_operations() -> frozenset:
+    """ids of the functions and Tensor methods torch lists as overridable tensor operations."""
+    from torch.overrides import get_overridable_functions
+
+    return frozenset(id(fn) for fns in get_overridable_functions().values() for fn in fns)
 
 
 _NAMES: dict[int, str] = {}
