@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import run_slimkit
+from conftest import cli, run_slimkit
 from depgraph_corpus import CORPUS
 from test_depgraph import prepared, random_half
 from slimkit import storage
@@ -150,6 +150,15 @@ def test_a_function_off_the_allowlist_is_refused_naming_the_node_before_writing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_compress_refuses_an_unsavable_python_model_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli("compress", "--model", f"python:{__name__}:Wrapped", "--data", "digits", "--method", "prune",
+               "--epochs", "1", "--out", out)
+    assert code == 2 and not out.exists()
+    assert "fx node 'odd_gate' (call_function odd_gate)" in capsys.readouterr().err
+
+
 class Branchy(nn.Module):
     def forward(self, x):
         return x if x.sum() > 0 else -x
@@ -202,6 +211,14 @@ def test_a_hostile_graph_is_refused_on_load(tmp_path, edit, why):
     with pytest.raises(UserError, match=why) as err:
         storage.load_model(bad, get_registry())
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_graph_attribute_of_another_shape_is_refused_before_loading(tmp_path):
+    good, bad = tmp_path / "g.slim", tmp_path / "bad.slim"
+    storage.save_model(good, Mixed(), get_registry(), info=INFO)
+    _rewrite_header(good, bad, lambda h: h["architecture"]["graph"]["attrs"]["gate.temperature"].update(shape=[7]))
+    with pytest.raises(UserError, match="gate.temperature has shape"):
+        storage.load_model(bad, get_registry())
 
 
 MODULE = textwrap.dedent('''
