@@ -140,6 +140,8 @@ class _Tracer(fx.Tracer):
 
 
 def _class_name(model) -> str:
+    if isinstance(model, fx.GraphModule):  # a model loaded from a graph file: its class is made by fx
+        return f"a torch.fx GraphModule ({type(model).__name__})"
     cls = type(model)
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -157,7 +159,7 @@ def trace(model: nn.Module, modules: ModuleRegistry) -> fx.GraphModule:
         raise UserError(f"cannot save a model containing {_class_name(model)}: slimkit saves such models as a "
                         f"torch.fx graph, and tracing failed ({type(exc).__name__}: {first})") from None
     gm = fx.GraphModule(model, graph, "SlimGraph")
-    gm.train(model.training)
+    gm.training = model.training  # only the root's flag: the layers are the model's own, shared
     return gm
 
 
