@@ -29,6 +29,7 @@ from slimkit.measure import (LATENCY_REPEATS, LATENCY_WARMUP, latency_note, meas
                              write_dense_fp32)
 from slimkit.modelio import classify, load_python_model, load_torchscript
 from slimkit.nn import to_sparse_inference
+from slimkit.nn.graphspec import describe as describe_architecture
 from slimkit.plugins import get_registry
 from slimkit.progress import Reporter
 from slimkit.reports import run_provenance, write_report_html
@@ -169,8 +170,12 @@ class Run:
             return loaded.model
         if src.kind == "torchscript":
             return load_torchscript(src.name)
-        return load_python_model(src.name, cfg.weights, self.bundle.input_shape, self.bundle.num_classes,
-                                 cfg.trust_checkpoint)
+        model = load_python_model(src.name, cfg.weights, self.bundle.input_shape, self.bundle.num_classes,
+                                  cfg.trust_checkpoint)
+        # a model of the user's own classes is saved as its fx graph: refuse one that cannot be
+        # (a function off the allowlist, say) now, before any training or any file
+        describe_architecture(model, self.registry.modules)
+        return model
 
     def baseline(self, trainer_metrics: Path):
         cfg, src = self.cfg, self.source

@@ -86,7 +86,16 @@ BUILTINS = {
     "Linear": (nn.Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)),
     "BatchNorm1d": (nn.BatchNorm1d, _bn_args),
     "BatchNorm2d": (nn.BatchNorm2d, _bn_args),
+    "GroupNorm": (nn.GroupNorm, lambda m: dict(num_groups=m.num_groups, num_channels=m.num_channels, eps=m.eps,
+                                               affine=m.affine)),
+    "LayerNorm": (nn.LayerNorm, lambda m: dict(normalized_shape=list(m.normalized_shape), eps=m.eps,
+                                               elementwise_affine=m.elementwise_affine,
+                                               bias=getattr(m, "bias", None) is not None)),
     "ReLU": (nn.ReLU, lambda m: dict(inplace=m.inplace)),
+    "LeakyReLU": (nn.LeakyReLU, lambda m: dict(negative_slope=m.negative_slope, inplace=m.inplace)),
+    "GELU": (nn.GELU, lambda m: dict(approximate=m.approximate)),
+    "SiLU": (nn.SiLU, lambda m: dict(inplace=m.inplace)),
+    "Hardswish": (nn.Hardswish, lambda m: dict(inplace=m.inplace)),
     "ReLU6": (nn.ReLU6, lambda m: dict(inplace=m.inplace)),
     "Tanh": (nn.Tanh, lambda m: {}),
     "Sigmoid": (nn.Sigmoid, lambda m: {}),
@@ -132,6 +141,14 @@ class ModuleRegistry:
     def names(self):
         """The type names a file is written with (aliases are not listed)."""
         return sorted(set(BUILTINS) | set(self._classes))
+
+    def knows(self, cls) -> bool:
+        """Whether instances of ``cls`` are described by a spec node (a torch built-in above or a
+        registered class); anything else is saved through :mod:`slimkit.nn.graphspec`."""
+        key = type_name(cls)
+        if key in self._classes:
+            return self._classes[key] is cls
+        return key in BUILTINS and BUILTINS[key][0] is cls
 
     def resolve(self, key: str) -> str:
         """The current type name for ``key`` (``key`` itself unless it is a registered alias)."""

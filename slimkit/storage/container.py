@@ -2,7 +2,8 @@
 
 A ``.slim`` file is a safetensors file whose metadata holds a JSON header; nothing is
 pickled. The header (metadata key ``slimkit``) holds the architecture as a module spec
-(see :mod:`slimkit.nn.spec`), the input shape, classes, normalisation and one entry per
+(see :mod:`slimkit.nn.spec`; a model of classes slimkit does not know as a torch.fx graph,
+:mod:`slimkit.nn.graphspec`), the input shape, classes, normalisation and one entry per
 state-dict tensor naming the codec that stored it (:mod:`slimkit.storage.codecs`).
 Every entry is ``{"codec", "shape", "dtype", "meta", "parts", "crc32"}``; the tensor data
 of part ``P`` of key ``K`` is the safetensors tensor ``K::P`` (``slimkit info`` adds up
@@ -31,6 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from slimkit.atomic import atomic_write
 from slimkit.errors import UserError
+from slimkit.nn import graphspec
 from slimkit.storage.codecs import CODECS, DERIVED, DTYPES, dtype_name, encode_tensor, shape_numel
 from slimkit.storage.plan import default_plan
 
@@ -80,8 +82,10 @@ def save_model(path, model: torch.nn.Module, registry, *, info: dict, plan: dict
     ``from_part`` from a part of another entry (``extra = {"of": key, "part": name}``).
     """
     path = Path(path)
+    # a model with classes slimkit does not know is written as its torch.fx graph (and its
+    # state dict is then the traced GraphModule's: the same keys, less what forward never uses)
+    model, arch = graphspec.describe(model, registry.modules)
     plan = {**default_plan(model), **(plan or {})}
-    arch = registry.modules.spec(model)
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     state = model.state_dict()
@@ -216,7 +220,7 @@ def _probe(registry, arch, entries: dict, limit: int) -> None:
     """Build the architecture on the meta device (no memory) and check it against the header."""
     try:
         with torch.device("meta"):
-            probe = registry.modules.build(arch)
+            probe = graphspec.build(arch, registry.modules)
     except Exception:
         # A constructor that cannot run on the meta device (it computes with tensors, say):
         # skip the probe. The real build below reports any genuine problem (an unknown
@@ -295,7 +299,7 @@ def load_model(path, registry) -> LoadedModel:
                     raise ValueError(f"tensor {key} is derived from part {entry['part']!r} of {entry['of']}, "
                                      f"which is missing or not shaped {shape}")
                 state[key] = part.to(dtype).clone()
-        model = registry.modules.build(arch)
+        model = graphspec.build(arch, registry.modules)
         model.load_state_dict(state, strict=True)
     except UserError as exc:
         if where in str(exc):
