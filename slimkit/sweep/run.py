@@ -31,8 +31,10 @@ def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbo
     from slimkit.plugins import get_registry
 
     grid = read_grid(Path(grid_path), out)
-    cells = validate(grid)
     runner = get_registry().executor(executor)
+    if runner.parallel and not dry_run:
+        runner.warm_up()  # worker start-up overlaps with the validation
+    cells = validate(grid)
     dist = distributed.setup()
     if runner.parallel and dist.world_size > 1:
         distributed.teardown(dist)
