@@ -292,3 +292,85 @@ def test_cells_whose_worker_cannot_see_the_output_come_back_as_bytes_with_equal_
         from slimkit.sweep.cell import write_returned_files
 
         write_returned_files(tmp_path / "away" / "cells" / away["ran"][0], {"../../escape.txt": b"x"})
+
+
+def _grid_events(tracker) -> None:
+    """A grid of 3 cells on two workers: two start, one finishes, one fails, the last starts."""
+    a, b, c = ({"id": name} for name in ("cellA", "cellB", "cellC"))
+    tracker.started(a, "worker 0 pid 11")
+    tracker.started(b, "worker 1 pid 12")
+    tracker.finished(a, {"status": "done", "accuracy": 0.9, "baseline_accuracy": 0.95, "seconds": 4.0, "host": "h"})
+    tracker.finished(b, {"status": "failed", "error": "boom: diverged\ntraceback", "seconds": 2.0})
+    tracker.started(c, "worker 0 pid 11")
+
+
+class TwoSlots:
+    slots = 2
+
+
+def test_progress_off_a_terminal_is_one_status_line_per_event():
+    import io
+
+    from rich.console import Console
+
+    from slimkit.sweep.progress import GridProgress
+
+    lines = []
+    not_a_terminal = Console(file=io.StringIO(), force_terminal=False)
+    with GridProgress(3, 0, TwoSlots(), lines.append, not_a_terminal) as tracker:
+        _grid_events(tracker)
+    assert not tracker.live and not_a_terminal.file.getvalue() == ""
+    assert lines == [
+        "[0/3 done, 1 running (cellA on worker 0 pid 11), 0 failed, ETA ?] cellA: started on worker 0 pid 11",
+        "[0/3 done, 2 running (cellA on worker 0 pid 11; cellB on worker 1 pid 12), 0 failed, ETA ?] "
+        "cellB: started on worker 1 pid 12",
+        "[1/3 done, 1 running (cellB on worker 1 pid 12), 0 failed, ETA 0:00:04] "
+        "cellA: accuracy 90.00 % (baseline 95.00 %), 4.0 s on h",
+        # mean 3 s per cell, one cell left, on one of the two slots
+        "[1/3 done, 0 running, 1 failed, ETA 0:00:03] cellB: FAILED: boom: diverged",
+        "[1/3 done, 1 running (cellC on worker 0 pid 11), 1 failed, ETA 0:00:03] cellC: started on worker 0 pid 11"]
+
+
+def test_progress_on_a_terminal_is_a_live_bar_with_a_row_per_running_cell():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from slimkit.sweep.progress import GridProgress
+
+    lines = []
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    with GridProgress(3, 0, TwoSlots(), lines.append, terminal) as tracker:
+        _grid_events(tracker)
+        screen = terminal.file.getvalue()
+        last = screen[screen.rindex("grid"):]  # the last frame drawn
+    assert tracker.live
+    # events above the bar, without the status the bar shows
+    assert lines == ["cellA: accuracy 90.00 % (baseline 95.00 %), 4.0 s on h", "cellB: FAILED: boom: diverged"]
+    grid_row, cell_row = last.splitlines()[:2]
+    assert re.fullmatch(r"grid +[━╸]+ +1/3 done, 1 running, 1 failed, ETA 0:00:03 +0:00:0\d", grid_row), last
+    assert re.fullmatch(r" +cellC +━+ on worker 0 pid 11 +0:00:0\d", cell_row), last  # running: a pulsing bar
+    assert "cellA" not in last and "cellB" not in last  # finished: their rows are gone
+    width = cell_row.count("━")
+    assert abs(grid_row.count("━") - 2 / 3 * width) <= 1  # 2 of 3 cells finished (1 done, 1 failed)
+    assert "\x1b[" in screen  # drawn in place (cursor movements), not printed line by line
+    final = terminal.file.getvalue()
+    assert "1/3 done, 1 running, 1 failed" in final[final.rindex("grid"):]
+
+
+def test_a_worker_sends_its_verbose_lines_to_the_driver():
+    from slimkit.progress import Reporter, epoch_line, set_line_prefix, set_line_sink
+
+    sent = []
+    set_line_sink(lambda line, markup: sent.append((line, markup)))
+    previous = set_line_prefix("cellA: ")
+    try:
+        with Reporter().bar("prune", 2) as task:
+            task.epoch_done(1, 2, 0.5, 0.9, 0.1)
+        Reporter().log("a [bold]message[/bold]")
+    finally:
+        set_line_prefix(previous)
+        set_line_sink(None)
+    assert sent == [("cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), False),
+                    ("cellA: a [bold]message[/bold]", True)]

@@ -94,7 +94,11 @@ def _worker(conn, lifeline, threads: int, environ: dict, path: list, warm: list)
     sys.path[:] = path
     import torch
 
+    from slimkit import progress
+
     torch.set_num_threads(threads)
+    # a cell's lines (--verbose) go to the driver, which prints them (above its live bar)
+    progress.set_line_sink(lambda line, markup: conn.send(("line", line, markup)))
     _warm_up(warm)
     while True:
         try:
@@ -167,6 +171,8 @@ class ProcessExecutor(Executor):
         import multiprocessing as mp
         from multiprocessing.connection import wait
 
+        from slimkit import progress
+
         ctx = mp.get_context(_start_method())
         queue, attempts = collections.deque(specs), collections.Counter()
         warm = sorted({s["config"]["data"]: s["config"]["seed"] for s in specs}.items())
@@ -192,8 +198,11 @@ class ProcessExecutor(Executor):
                     proc, conn, spec = slot
                     result = None
                     try:
-                        if conn.poll():
+                        while result is None and conn.poll():
                             result = conn.recv()
+                            if isinstance(result, tuple):  # ("line", text, markup): a line of the cell's
+                                progress.print_line(*result[1:])
+                                result = None
                     except (EOFError, OSError):
                         pass
                     if result is not None:
