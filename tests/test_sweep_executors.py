@@ -239,18 +239,30 @@ methods = ["prune"]
         assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_verbose_prefixes_each_cell_line_with_its_name(tmp_path, capsys):
-    from slimkit.progress import Reporter, epoch_line, set_line_prefix
+def _cell_lines():
+    from slimkit.progress import Reporter
 
+    with Reporter().bar("prune", 2) as task:
+        task.epoch_done(1, 2, 0.5, 0.9, 0.1)
+    Reporter().log("a [bold]message[/bold]")
+
+
+def test_verbose_prefixes_each_cell_line_with_its_name_and_workers_send_them_to_the_driver(capsys):
+    from slimkit.progress import epoch_line, set_line_prefix, set_line_sink
+
+    sent = []
     previous = set_line_prefix("cellA: ")
     try:
-        with Reporter().bar("prune", 2) as task:
-            task.epoch_done(1, 2, 0.5, 0.9, 0.1)
-        Reporter().log("a message")
+        _cell_lines()  # in the driver's process (local): printed
+        set_line_sink(lambda line, markup: sent.append((line, markup)))
+        _cell_lines()  # in a worker (local:N): sent to the driver, which prints them
     finally:
         set_line_prefix(previous)
+        set_line_sink(None)
     err = capsys.readouterr().err.splitlines()
     assert err == ["cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), "cellA: a message"]
+    assert sent == [("cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), False),
+                    ("cellA: a [bold]message[/bold]", True)]
 
 
 class NotSharedExecutor(InlineExecutor):
@@ -357,20 +369,3 @@ def test_progress_on_a_terminal_is_a_live_bar_with_a_row_per_running_cell():
     assert "\x1b[" in screen  # drawn in place (cursor movements), not printed line by line
     final = terminal.file.getvalue()
     assert "1/3 done, 1 running, 1 failed" in final[final.rindex("grid"):]
-
-
-def test_a_worker_sends_its_verbose_lines_to_the_driver():
-    from slimkit.progress import Reporter, epoch_line, set_line_prefix, set_line_sink
-
-    sent = []
-    set_line_sink(lambda line, markup: sent.append((line, markup)))
-    previous = set_line_prefix("cellA: ")
-    try:
-        with Reporter().bar("prune", 2) as task:
-            task.epoch_done(1, 2, 0.5, 0.9, 0.1)
-        Reporter().log("a [bold]message[/bold]")
-    finally:
-        set_line_prefix(previous)
-        set_line_sink(None)
-    assert sent == [("cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), False),
-                    ("cellA: a [bold]message[/bold]", True)]
