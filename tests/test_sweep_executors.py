@@ -1,6 +1,7 @@
 """`slimkit sweep --executor`: the same results.csv on local, local:N and Ray; killed workers cost a rerun
 of their cell and change no result; a killed driver resumes; failures are recorded; plugins add executors."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -189,6 +190,25 @@ methods = ["toy"]
     assert skipped == finished
     assert {f: (out / "cells" / f / "report.json").stat().st_mtime_ns for f in finished} == stamps
     assert [r["status"] for r in results(out)] == ["done"] * 5
+
+
+@pytest.mark.slow
+def test_workers_forked_from_the_fork_server_run_cells_on_several_threads(tmp_path):
+    """The fork server has run no parallel torch operation: a worker on 2 threads (local:1 on 2
+    cores) does not hang in its first one (GNU OpenMP is not fork-safe), and its cells are right."""
+    body = 'models = ["lenet300"]\nmodel_options = { width = 0.1 }\nmethods = ["prune"]\n' \
+           '[options]\n"prune.sparsity" = [0.5, 0.9]\n'
+    grid = write_grid(tmp_path / "g.toml", tmp_path / "out", tmp_path / "cache", body)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, "-m", "slimkit", "sweep", str(grid), "--executor", "local:1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"local:1 ({max(1, os.cpu_count() or 1)} thread(s) each)" in done.stdout
+    rows = results(tmp_path / "out")
+    assert [r["status"] for r in rows] == ["done"] * 3
+    for row, sparsity in zip(rows[1:], (0.5, 0.9)):
+        report = json.loads((tmp_path / "out" / "cells" / row["cell"] / "report.json").read_text())
+        assert report["stages"][0]["overall_sparsity"] == pytest.approx(sparsity, abs=1e-3)
 
 
 class InlineExecutor(Executor):

@@ -48,9 +48,10 @@ class Executor:
     def describe(self) -> str:
         return self.name
 
-    def warm_up(self) -> None:
+    def warm_up(self, data_sets: list) -> None:
         """Called by the driver before it validates the grid: start what takes long to start (worker
-        processes, connections) so that it overlaps with the validation."""
+        processes, connections) so that it overlaps with the validation. ``data_sets``: the
+        ``(data spec, seed)`` pairs the cells will load."""
 
     def close(self) -> None:
         """Called by the driver when the sweep ends (workers, connections)."""
@@ -78,7 +79,8 @@ def _watch_driver(lifeline) -> None:
 
 
 #: imported once by the fork server that ``local:N`` forks its workers from: what every cell needs
-PRELOAD = ["torch", "slimkit.pipeline", "slimkit.plots", "slimkit.sweep.cell"]
+PRELOAD = ["slimkit.sweep.preload"]
+PRELOAD_ENV = "SLIMKIT_SWEEP_PRELOAD"  # the data sets it loads once (their modules stay imported)
 
 
 def _worker(conn, lifeline, threads: int, environ: dict, path: list, warm: list) -> None:
@@ -147,14 +149,19 @@ class ProcessExecutor(Executor):
     def describe(self) -> str:
         return f"local:{self.slots} ({self.threads} thread(s) each)"
 
-    def warm_up(self) -> None:
+    def warm_up(self, data_sets: list) -> None:
+        import json
         import multiprocessing as mp
 
         if _start_method() == "forkserver":
             from multiprocessing import forkserver
 
             mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
-            forkserver.ensure_running()  # returns at once; the server imports PRELOAD meanwhile
+            os.environ[PRELOAD_ENV] = json.dumps(data_sets)  # for the fork server only (it inherits the environment)
+            try:
+                forkserver.ensure_running()  # returns at once; the server imports PRELOAD meanwhile
+            finally:
+                os.environ.pop(PRELOAD_ENV, None)
 
     def _spawn(self, ctx, warm: list):
         parent_conn, child_conn = ctx.Pipe()

@@ -34,7 +34,7 @@ def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbo
     grid = read_grid(Path(grid_path), out)
     runner = get_registry().executor(executor)
     if runner.parallel and not dry_run:
-        runner.warm_up()  # worker start-up overlaps with the validation
+        runner.warm_up([[data, grid.seeds[0]] for data in grid.data])  # overlaps with the validation
     cells = validate(grid)
     dist = distributed.setup()
     if runner.parallel and dist.world_size > 1:
