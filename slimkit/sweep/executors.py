@@ -113,9 +113,10 @@ def _worker(conn, lifeline, threads: int, environ: dict, path: list, warm: list)
 
 
 def _warm_up(data_specs: list) -> None:
-    """Load the plugins and each data set once before the first cell (their imports, e.g.
-    scikit-learn for digits, then cost an idle worker's time, not a cell's); errors are left to
-    the cells, which report them."""
+    """Load the plugins (with this worker's environment) and each data set once before the first
+    cell: quick when forked from the fork server, which imported their modules; under ``spawn``
+    the imports (e.g. scikit-learn for digits) cost an idle worker's time, not a cell's. Errors
+    are left to the cells, which report them."""
     try:
         from slimkit.data import load_data
         from slimkit.plugins import get_registry
