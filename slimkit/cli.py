@@ -193,9 +193,12 @@ def sweep(
                                                "(N worker processes), ray[:ADDRESS] (slimkit[ray]); docs/sweep.md."),
 ):
     """Run every combination of a grid as compress runs (resumable); write OUT/results.csv, results.md, plots."""
+    from slimkit.progress import console as progress_console
     from slimkit.sweep import run_sweep
 
-    result = run_sweep(grid, out=out_dir, dry_run=dry_run, verbose=verbose, log=out.print, executor=executor)
+    # the grid's live bar on stderr when it is a terminal, status lines on stdout otherwise
+    result = run_sweep(grid, out=out_dir, dry_run=dry_run, verbose=verbose, log=out.print, executor=executor,
+                       console=progress_console)
     if result["failed"]:
         raise UserError(f"{len(result['failed'])} cell(s) failed: {', '.join(result['failed'])} (the other cells "
                         f"finished; see {result['out']}/results.csv; rerun to retry only the failed ones)")

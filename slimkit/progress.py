@@ -9,6 +9,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True)
 _LINE_PREFIX = ""  # a sweep cell's name before each of its lines (`slimkit sweep --verbose`)
+_LINE_SINK = None  # where a sweep worker's lines go instead of stderr: its driver, which prints them
+
+
+def set_line_sink(sink) -> None:
+    """Send every progress line to ``sink(line, markup)`` instead of printing it (``None``: print
+    again); ``markup``: whether the line is rich markup."""
+    global _LINE_SINK
+    _LINE_SINK = sink
+
+
+def print_line(line: str, markup: bool) -> None:
+    """Print one progress line on stderr (above a live display if one is running)."""
+    console.print(line, markup=markup, highlight=False, soft_wrap=not markup)
+
+
+def _emit(line: str, markup: bool) -> None:
+    (_LINE_SINK or print_line)(line, markup)
 
 
 def set_line_prefix(prefix: str) -> str:
@@ -25,7 +42,7 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            console.print(_LINE_PREFIX + message, highlight=False)
+            _emit(_LINE_PREFIX + message, True)
 
     @contextmanager
     def bar(self, description: str, total: int):
@@ -78,7 +95,7 @@ class _LineTask:
 
     def epoch_done(self, epoch, epochs, loss, val_accuracy, seconds):
         line = epoch_line(self.description, epoch, epochs, loss, val_accuracy, seconds)
-        console.print(_LINE_PREFIX + line, markup=False, highlight=False, soft_wrap=True)
+        _emit(_LINE_PREFIX + line, False)
 
 
 class _NullTask:

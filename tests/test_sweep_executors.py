@@ -1,6 +1,7 @@
 """`slimkit sweep --executor`: the same results.csv on local, local:N and Ray; killed workers cost a rerun
 of their cell and change no result; a killed driver resumes; failures are recorded; plugins add executors."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -191,6 +192,25 @@ methods = ["toy"]
     assert [r["status"] for r in results(out)] == ["done"] * 5
 
 
+@pytest.mark.slow
+def test_workers_forked_from_the_fork_server_run_cells_on_several_threads(tmp_path):
+    """The fork server has run no parallel torch operation: a worker on 2 threads (local:1 on 2
+    cores) does not hang in its first one (GNU OpenMP is not fork-safe), and its cells are right."""
+    body = 'models = ["lenet300"]\nmodel_options = { width = 0.1 }\nmethods = ["prune"]\n' \
+           '[options]\n"prune.sparsity" = [0.5, 0.9]\n'
+    grid = write_grid(tmp_path / "g.toml", tmp_path / "out", tmp_path / "cache", body)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, "-m", "slimkit", "sweep", str(grid), "--executor", "local:1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"local:1 ({max(1, os.cpu_count() or 1)} thread(s) each)" in done.stdout
+    rows = results(tmp_path / "out")
+    assert [r["status"] for r in rows] == ["done"] * 3
+    for row, sparsity in zip(rows[1:], (0.5, 0.9)):
+        report = json.loads((tmp_path / "out" / "cells" / row["cell"] / "report.json").read_text())
+        assert report["stages"][0]["overall_sparsity"] == pytest.approx(sparsity, abs=1e-3)
+
+
 class InlineExecutor(Executor):
     """A plugin's executor: runs each cell in this process and remembers what it ran."""
 
@@ -239,18 +259,30 @@ methods = ["prune"]
         assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_verbose_prefixes_each_cell_line_with_its_name(tmp_path, capsys):
-    from slimkit.progress import Reporter, epoch_line, set_line_prefix
+def _cell_lines():
+    from slimkit.progress import Reporter
 
+    with Reporter().bar("prune", 2) as task:
+        task.epoch_done(1, 2, 0.5, 0.9, 0.1)
+    Reporter().log("a [bold]message[/bold]")
+
+
+def test_verbose_prefixes_each_cell_line_with_its_name_and_workers_send_them_to_the_driver(capsys):
+    from slimkit.progress import epoch_line, set_line_prefix, set_line_sink
+
+    sent = []
     previous = set_line_prefix("cellA: ")
     try:
-        with Reporter().bar("prune", 2) as task:
-            task.epoch_done(1, 2, 0.5, 0.9, 0.1)
-        Reporter().log("a message")
+        _cell_lines()  # in the driver's process (local): printed
+        set_line_sink(lambda line, markup: sent.append((line, markup)))
+        _cell_lines()  # in a worker (local:N): sent to the driver, which prints them
     finally:
         set_line_prefix(previous)
+        set_line_sink(None)
     err = capsys.readouterr().err.splitlines()
     assert err == ["cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), "cellA: a message"]
+    assert sent == [("cellA: " + epoch_line("prune", 1, 2, 0.5, 0.9, 0.1), False),
+                    ("cellA: a [bold]message[/bold]", True)]
 
 
 class NotSharedExecutor(InlineExecutor):
@@ -292,3 +324,68 @@ def test_cells_whose_worker_cannot_see_the_output_come_back_as_bytes_with_equal_
         from slimkit.sweep.cell import write_returned_files
 
         write_returned_files(tmp_path / "away" / "cells" / away["ran"][0], {"../../escape.txt": b"x"})
+
+
+def _grid_events(tracker) -> None:
+    """A grid of 3 cells on two workers: two start, one finishes, one fails, the last starts."""
+    a, b, c = ({"id": name} for name in ("cellA", "cellB", "cellC"))
+    tracker.started(a, "worker 0 pid 11")
+    tracker.started(b, "worker 1 pid 12")
+    tracker.finished(a, {"status": "done", "accuracy": 0.9, "baseline_accuracy": 0.95, "seconds": 4.0, "host": "h"})
+    tracker.finished(b, {"status": "failed", "error": "boom: diverged\ntraceback", "seconds": 2.0})
+    tracker.started(c, "worker 0 pid 11")
+
+
+class TwoSlots:
+    slots = 2
+
+
+def test_progress_off_a_terminal_is_one_status_line_per_event():
+    import io
+
+    from rich.console import Console
+
+    from slimkit.sweep.progress import GridProgress
+
+    lines = []
+    not_a_terminal = Console(file=io.StringIO(), force_terminal=False)
+    with GridProgress(3, 0, TwoSlots(), lines.append, not_a_terminal) as tracker:
+        _grid_events(tracker)
+    assert not tracker.live and not_a_terminal.file.getvalue() == ""
+    assert lines == [
+        "[0/3 done, 1 running (cellA on worker 0 pid 11), 0 failed, ETA ?] cellA: started on worker 0 pid 11",
+        "[0/3 done, 2 running (cellA on worker 0 pid 11; cellB on worker 1 pid 12), 0 failed, ETA ?] "
+        "cellB: started on worker 1 pid 12",
+        "[1/3 done, 1 running (cellB on worker 1 pid 12), 0 failed, ETA 0:00:04] "
+        "cellA: accuracy 90.00 % (baseline 95.00 %), 4.0 s on h",
+        # mean 3 s per cell, one cell left, on one of the two slots
+        "[1/3 done, 0 running, 1 failed, ETA 0:00:03] cellB: FAILED: boom: diverged",
+        "[1/3 done, 1 running (cellC on worker 0 pid 11), 1 failed, ETA 0:00:03] cellC: started on worker 0 pid 11"]
+
+
+def test_progress_on_a_terminal_is_a_live_bar_with_a_row_per_running_cell():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from slimkit.sweep.progress import GridProgress
+
+    lines = []
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100, color_system=None)
+    with GridProgress(3, 0, TwoSlots(), lines.append, terminal) as tracker:
+        _grid_events(tracker)
+        screen = terminal.file.getvalue()
+        last = screen[screen.rindex("grid"):]  # the last frame drawn
+    assert tracker.live
+    # events above the bar, without the status the bar shows
+    assert lines == ["cellA: accuracy 90.00 % (baseline 95.00 %), 4.0 s on h", "cellB: FAILED: boom: diverged"]
+    grid_row, cell_row = last.splitlines()[:2]
+    assert re.fullmatch(r"grid +[━╸]+ +1/3 done, 1 running, 1 failed, ETA 0:00:03 +0:00:0\d", grid_row), last
+    assert re.fullmatch(r" +cellC +━+ on worker 0 pid 11 +0:00:0\d", cell_row), last  # running: a pulsing bar
+    assert "cellA" not in last and "cellB" not in last  # finished: their rows are gone
+    width = cell_row.count("━")
+    assert abs(grid_row.count("━") - 2 / 3 * width) <= 1  # 2 of 3 cells finished (1 done, 1 failed)
+    assert "\x1b[" in screen  # drawn in place (cursor movements), not printed line by line
+    final = terminal.file.getvalue()
+    assert "1/3 done, 1 running, 1 failed" in final[final.rindex("grid"):]

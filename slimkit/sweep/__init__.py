@@ -46,7 +46,7 @@ before any method cell starts.
 The package: :mod:`~slimkit.sweep.grid` (reading, checking, expanding a grid),
 :mod:`~slimkit.sweep.run` (the driver: which cells, resume, failures, signals),
 :mod:`~slimkit.sweep.cell` (one cell, anywhere), :mod:`~slimkit.sweep.executors` (where cells run),
-:mod:`~slimkit.sweep.progress` (the grid's status line),
+:mod:`~slimkit.sweep.progress` (the grid's live bar or status lines),
 :mod:`~slimkit.sweep.report` (results.csv, results.md) and :mod:`~slimkit.sweep.plots`
 (the figures).
 """

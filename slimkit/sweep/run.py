@@ -24,15 +24,18 @@ def _raise_interrupt(signum, frame):
 
 
 def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbose: bool = False,
-              log=print, executor: str = "local") -> dict:
+              log=print, executor: str = "local", console=None) -> dict:
     """Run (or with ``dry_run`` only validate and list) a grid on ``executor`` (``local``, ``local:N``,
-    ``ray[:ADDRESS]`` or a plugin's). Returns ``{"rows", "failed", "ran", "skipped", "out"}`` (``rows``
-    only on rank 0)."""
+    ``ray[:ADDRESS]`` or a plugin's). Progress: a live bar on ``console`` when it is a terminal (rich),
+    otherwise status lines through ``log``. Returns ``{"rows", "failed", "ran", "skipped", "out"}``
+    (``rows`` only on rank 0)."""
     from slimkit.plugins import get_registry
 
     grid = read_grid(Path(grid_path), out)
-    cells = validate(grid)
     runner = get_registry().executor(executor)
+    if runner.parallel and not dry_run:
+        runner.warm_up([[data, grid.seeds[0]] for data in grid.data])  # overlaps with the validation
+    cells = validate(grid)
     dist = distributed.setup()
     if runner.parallel and dist.world_size > 1:
         distributed.teardown(dist)
@@ -50,7 +53,7 @@ def run_sweep(grid_path, *, out: str | None = None, dry_run: bool = False, verbo
     lock = OutLock(grid.out, "sweep").acquire() if main else None  # one sweep per output directory
     try:
         say(f"executor: {runner.describe()}")
-        return _run_cells(grid, cells, dist, say, verbose, runner)
+        return _run_cells(grid, cells, dist, say, verbose, runner, console if main else None)
     finally:
         if lock is not None:
             lock.release()
@@ -103,7 +106,21 @@ def _baseline_jobs(grid, cells, todo, verbose, share) -> list:
     return jobs
 
 
-def _run_cells(grid, cells, dist, say, verbose: bool, executor) -> dict:
+def _dispatch(phases, executor, tracker, main: bool, ran: list, failed: list) -> None:
+    """Hand each phase's specs to the executor; record each result as it comes."""
+    for specs in phases:
+        for spec, result in executor.run([s for s in specs if s], tracker.started):
+            if result.get("files") is not None and main:
+                write_returned_files(Path(spec["out"]), result["files"])
+            if spec.get("prepare"):
+                shutil.rmtree(spec["out"], ignore_errors=True)
+                tracker.prepared(spec, result)
+                continue
+            (failed if result["status"] == "failed" else ran).append(spec["id"])
+            tracker.finished(spec, result)
+
+
+def _run_cells(grid, cells, dist, say, verbose: bool, executor, console) -> dict:
     from slimkit.train import Interrupted
 
     main = dist.is_main
@@ -133,21 +150,13 @@ def _run_cells(grid, cells, dist, say, verbose: bool, executor) -> dict:
                    if c.kind == "method"]]
     else:
         phases = [[_spec(grid, c, grid.out / "cells" / c.id, verbose, None, main) for c in todo]]
-    tracker = GridProgress(len(cells), len(cells) - len(todo), executor, say)
+    tracker = GridProgress(len(cells), len(cells) - len(todo), executor, say, console)
     ran, failed = [], []
     interrupted = None
     started = time.perf_counter()
     try:
-        for specs in phases:
-            for spec, result in executor.run([s for s in specs if s], tracker.started):
-                if result.get("files") is not None and main:
-                    write_returned_files(Path(spec["out"]), result["files"])
-                if spec.get("prepare"):
-                    shutil.rmtree(spec["out"], ignore_errors=True)
-                    tracker.prepared(spec, result)
-                    continue
-                (failed if result["status"] == "failed" else ran).append(spec["id"])
-                tracker.finished(spec, result)
+        with tracker:
+            _dispatch(phases, executor, tracker, main, ran, failed)
     except (Interrupted, KeyboardInterrupt) as exc:
         interrupted = exc
         say("sweep interrupted")
