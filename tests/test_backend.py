@@ -197,3 +197,30 @@ def test_isa_objects_share_no_linker_names(isa, tmp_path):
     own = (f"slimkit::cpu::{isa}::", f"at::vec::{isa.upper()}::")
     foreign = [s for s in exported if not any(o in s for o in own)]
     assert foreign == [], foreign
+
+
+def test_constant_under_compile_marks_what_torch_marks():
+    """slimkit sets the attribute that torch.compiler.assume_constant_result sets, without
+    importing torch._dynamo at import time; if torch changes what its decorator does, this fails."""
+    import torch
+
+    def ours():
+        return 1
+
+    def official():
+        return 1
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delitem(sys.modules, "torch._dynamo", raising=False)  # take the lazy branch
+        marked = backend.constant_under_compile(ours)
+    torch.compiler.assume_constant_result(official)
+    ours_attrs = {k: v for k, v in vars(marked).items()}
+    assert ours_attrs == {k: v for k, v in vars(official).items()} == {"_dynamo_marked_constant": True}
+
+
+def test_importing_slimkit_does_not_import_dynamo():
+    import subprocess
+
+    code = "import sys, slimkit.pipeline, slimkit.cli; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -246,6 +246,21 @@ def sparse_kernels_on(tensor: torch.Tensor) -> bool:
     return not tensor.is_cuda or os.environ.get(ENV_SPARSE_CUDA) == "1"
 
 
+def constant_under_compile(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` now.
+
+    The official decorator imports torch._dynamo (2-3 s of every slimkit process's start,
+    most of ``import slimkit``) only to set one attribute on ``fn``; torch.compile imports
+    it anyway when it runs. Once torch._dynamo is loaded the official decorator is used;
+    before, the same attribute is set directly (tests/test_backend.py checks that this
+    is still exactly what the official one does).
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -265,7 +280,7 @@ def use_native(tensor: torch.Tensor, op: str | None = None) -> bool:
 _answers: dict[tuple, bool] = {}
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _native_for_device(device_type: str, op: str | None) -> bool:
     cache_key = (os.environ.get(ENV_KERNELS), device_type, op)
     answer = _answers.get(cache_key)

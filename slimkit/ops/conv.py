@@ -193,7 +193,7 @@ def _register_native():
 backend.on_load(_register_native)
 
 
-@torch.compiler.assume_constant_result
+@backend.constant_under_compile
 def _native_when_compiling(device_type: str, op: str) -> bool:
     # Evaluated once while torch.compile traces (the backend's lock cannot be traced);
     # the answer cannot change within a process except through SLIMKIT_KERNELS.

@@ -92,7 +92,7 @@ def _register_native():
 backend.on_load(_register_native)
 
 
-@torch.compiler.assume_constant_result
+@backend.constant_under_compile
 def _native_when_compiling(device_type: str) -> bool:
     return backend.use_native(torch.empty(0, device=device_type), "slimkit::sparse_linear")
 
