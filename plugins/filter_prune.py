@@ -53,7 +53,7 @@ from slimkit.nn import eval_mode
 from slimkit.nn.channels import atom_scores, remove_channels
 from slimkit.nn.depgraph import build_graph, trace
 
-__all__ = ["FilterPrune", "filters_to_remove", "importance_scores", "select_atoms", "prune_channels",
+__all__ = ["FilterPrune", "filters_to_remove", "group_names", "importance_scores", "select_atoms", "prune_channels",
            "count_macs", "count_params", "layer_rows"]
 
 IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random")
@@ -166,15 +166,34 @@ def _round_keep(keep: int, n: int, round_to: int) -> int:
     return keep
 
 
+def group_names(graph) -> list[str]:
+    """One name per group of ``graph``: the layer whose output rows (filters) hold its channels,
+    e.g. ``features.3``; ``group<i>`` when no layer's output holds them (made unique)."""
+    names, seen = [], set()
+    for g in graph.groups:
+        name = next((holders[0][0] for rec, d in g.params for holders in [rec.holders]
+                     if rec.roles[d] == "out"), f"group{g.index}")
+        if name in seen:
+            name = f"{name}#{g.index}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
 def select_atoms(graph, scores: dict, ratio: float, scope: str = "per-layer", round_to: int = 1,
-                 normalize: bool = True) -> set:
-    """The atoms to remove: the lowest-scored ``ratio`` of every group (per-layer) or of all (global)."""
-    groups = [[a for a in g.atoms if a in scores] for g in graph.groups]
-    groups = [g for g in groups if len(g) > 1]
+                 normalize: bool = True, group_ratios: dict | None = None) -> set:
+    """The atoms to remove: the lowest-scored ``ratio`` of every group (per-layer) or of all (global).
+    ``group_ratios`` (per-layer only): ``{group index: ratio}`` replacing ``ratio`` for those groups."""
+    indexed = [(g.index, [a for a in g.atoms if a in scores]) for g in graph.groups]
+    indexed = [(i, g) for i, g in indexed if len(g) > 1]
+    groups = [g for _, g in indexed]
     remove: set = set()
+    if group_ratios is not None and scope != "per-layer":
+        raise ValueError("per-group ratios need scope='per-layer'")
     if scope == "per-layer":
-        for atoms in groups:
-            keep = _round_keep(len(atoms) - filters_to_remove(len(atoms), ratio), len(atoms), round_to)
+        for gi, atoms in indexed:
+            r = ratio if group_ratios is None else group_ratios.get(gi, 0.0)
+            keep = _round_keep(len(atoms) - filters_to_remove(len(atoms), r), len(atoms), round_to)
             ranked = sorted(atoms, key=lambda a: (scores[a], a))
             remove.update(ranked[:len(atoms) - keep])
     else:
@@ -207,12 +226,15 @@ def _broadcast(remove: set, graph) -> set:
 
 def prune_channels(model: nn.Module, input_shape, *, ratio: float = 0.5, importance: str = "l1",
                    scope: str = "per-layer", round_to: int = 1, exclude: str = "", scores: dict | None = None,
-                   graph=None, sync: bool = False, check: bool = True, **score_kwargs) -> nn.Module:
-    """A pruned copy of ``model`` without the lowest-importance ``ratio`` of its channels."""
+                   graph=None, sync: bool = False, check: bool = True, group_ratios: dict | None = None,
+                   **score_kwargs) -> nn.Module:
+    """A pruned copy of ``model`` without the lowest-importance ``ratio`` of its channels
+    (``group_ratios``: ``{group index: ratio}`` instead, per-layer scope)."""
     graph = graph or graph_for(model, input_shape, exclude)
     if scores is None:
         scores = importance_scores(graph, importance, **score_kwargs)
-    remove = select_atoms(graph, scores, ratio, scope, round_to, normalize=importance != "bn-scale")
+    remove = select_atoms(graph, scores, ratio, scope, round_to, normalize=importance != "bn-scale",
+                          group_ratios=group_ratios)
     if sync:
         remove = _broadcast(remove, graph)
     if not remove:
@@ -303,13 +325,49 @@ class FilterPrune(Method):
                min=1),
         Option("epochs", int, None, "fine-tuning epochs after each pruning step (unset = the run's epochs)", min=0),
         Option("lr", float, None, "fine-tuning learning rate (unset = the run's)", min=0.0),
+        Option("allocation", str, "uniform", "uniform: every group loses the same fraction (or one global "
+               "ranking); sensitivity (with macs, per-layer scope, one step): per-group ratios from a one-group "
+               "sensitivity analysis, AIMET's greedy selection of the least loss threshold meeting `macs` "
+               "(slimkit.allocation)", choices=("uniform", "sensitivity")),
+        Option("sensitivity", str, None, "allocation=sensitivity: read the sensitivity from this "
+               "sensitivity.json (slimkit sensitivity --method filter-prune) instead of measuring it"),
     ]
+
+    def _graph(self, model, opts: dict):
+        shape = getattr(model, "_spec_args", {}).get("input_shape")
+        if shape is None:
+            raise UserError("filter-prune: the model's input shape is unknown; sensitivity needs a slimkit model")
+        return graph_for(model, tuple(shape), opts.get("exclude", "")), tuple(shape)
+
+    def sensitivity_layers(self, model, opts: dict) -> dict[str, int]:
+        """Every group of two or more channels, named by the layer whose filters hold them;
+        the weight count is that of the filters (a level is a fraction of the channels)."""
+        graph, _ = self._graph(model, opts)
+        return {name: sum(rec.tensor.numel() for rec, d in g.params if rec.roles[d] == "out")
+                for name, g in zip(group_names(graph), graph.groups) if len(g.atoms) > 1}
+
+    def compress_layer(self, model, layer: str, level: float, opts: dict):
+        graph, shape = self._graph(model, opts)
+        index = dict(zip(group_names(graph), range(len(graph.groups))))
+        if layer not in index:
+            raise UserError(f"filter-prune: the model has no channel group {layer!r}")
+        return prune_channels(model, shape, importance=opts.get("importance", "l1"), graph=graph,
+                              group_ratios={index[layer]: level})
 
     def check(self, model, opts: dict) -> None:
         shape = getattr(model, "_spec_args", {}).get("input_shape")
         if shape is None:  # no example input before the data is known: at least the trace must work
             trace(model)
             return
+        if opts.get("allocation", "uniform") == "sensitivity":
+            if opts.get("macs") is None or opts.get("scope", "per-layer") != "per-layer" or opts.get("steps", 1) != 1:
+                raise UserError("filter-prune: allocation=sensitivity chooses a ratio per group for the `macs` "
+                                "budget; it needs macs=..., scope=per-layer and steps=1")
+            if opts.get("importance") in ("taylor", "bn-scale"):
+                raise UserError(f"filter-prune: allocation=sensitivity compresses one group at a time without "
+                                f"data or training; use importance l1, l2 or random, not {opts['importance']}")
+        if opts.get("sensitivity") and opts.get("allocation", "uniform") != "sensitivity":
+            raise UserError("filter-prune: sensitivity=FILE is used only with allocation=sensitivity")
         graph = graph_for(model, tuple(shape), opts.get("exclude", ""))
         if not graph.groups:
             raise UserError("filter-prune: the model has no channels that can be removed (every channel reaches "
@@ -335,7 +393,10 @@ class FilterPrune(Method):
         steps = opts["steps"]
         ratios = []
         for step in range(1, steps + 1):
-            if opts["macs"] is not None:
+            if opts["allocation"] == "sensitivity":
+                model, ratios = self._prune_allocated(model, ctx, opts, graph, shape, macs_before * opts["macs"])
+                extra["group_ratios"] = ratios
+            elif opts["macs"] is not None:
                 target = macs_before * opts["macs"] ** (step / steps)
                 model, r = prune_to_macs(model, shape, target, exclude=opts["exclude"], **kw, **score_kw)
                 ratios.append(r)
@@ -353,13 +414,31 @@ class FilterPrune(Method):
         ctx.log(f"filter-prune: params {params_before} -> {params_after} ({params_after / params_before:.1%}), "
                 f"MACs {macs_before} -> {macs_after} ({macs_after / macs_before:.1%})")
         if opts["macs"] is not None:
-            extra["ratios"] = ratios
+            extra["ratios"] = ratios if opts["allocation"] == "uniform" else []
             extra["macs_target_reached"] = macs_after <= opts["macs"] * macs_before
         ctx.record(ratio=opts["ratio"], macs_target=opts["macs"], importance=opts["importance"], scope=opts["scope"],
                    steps=steps, layers=layer_rows(original, model), groups=len(graph.groups),
                    params_before=params_before, params_after=params_after,
                    macs_before=macs_before, macs_after=macs_after, **extra)
         return model
+
+    def _prune_allocated(self, model, ctx, opts, graph, shape, target_macs: float):
+        """Per-group ratios (sensitivity + greedy selection, counted on real pruned copies), then pruned."""
+        self.check(model, opts)
+        index = dict(zip(group_names(graph), range(len(graph.groups))))
+        scores = importance_scores(graph, opts["importance"], seed=ctx.seed)
+
+        def pruned(levels):
+            return prune_channels(model, shape, graph=graph, scores=scores, round_to=opts["round_to"], check=False,
+                                  group_ratios={index[n]: lv for n, lv in levels.items()})
+
+        def reached(levels) -> bool:
+            return count_macs(pruned(levels), shape) <= target_macs
+
+        levels = ctx.layer_budgets(model, self, opts, opts["macs"], sensitivity_file=opts["sensitivity"],
+                                   reached=reached)
+        return prune_channels(model, shape, graph=graph, scores=scores, round_to=opts["round_to"],
+                              sync=ctx.dist.enabled, group_ratios={index[n]: lv for n, lv in levels.items()}), levels
 
 
 @hookimpl

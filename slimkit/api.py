@@ -354,15 +354,18 @@ class StageContext:
         return self._registry.build_model(name, self.data.input_shape, self.data.num_classes, **options).to(self.device)
 
     def layer_budgets(self, model, method: "Method", opts: dict, target: float, *,
-                      sensitivity_file: str | None = None) -> dict[str, float]:
+                      sensitivity_file: str | None = None, reached=None) -> dict[str, float]:
         """Per-layer levels for ``method`` that remove at least ``target`` of the weights of
         its :meth:`Method.sensitivity_layers` with the least predicted accuracy loss
         (:mod:`slimkit.allocation`), from a sensitivity analysis of ``model`` on the
         validation split or from ``sensitivity_file`` (a sensitivity.json). The choice and
-        the sensitivity go into this stage's report as ``allocation``."""
+        the sensitivity go into this stage's report as ``allocation``. With ``reached``
+        (``{layer: level} -> bool``, the method's own budget such as MACs) ``target`` is not
+        used: the levels are AIMET's greedy selection, the smallest per-layer loss threshold
+        whose levels meet ``reached``."""
         if self._budgets is None:
             raise UserError(f"stage {self.stage}: per-layer allocation is not available outside a compress run")
-        return self._budgets(self, model, method, opts, target, sensitivity_file)
+        return self._budgets(self, model, method, opts, target, sensitivity_file, reached)
 
     def plot_path(self, name: str):
         """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""

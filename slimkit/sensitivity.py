@@ -52,7 +52,7 @@ def candidate_layers(method, model, opts: dict) -> dict[str, int]:
     layers = method.sensitivity_layers(model, opts)
     if layers is None:
         raise UserError(f"method {method.name!r} cannot compress one layer at a time (it does not implement "
-                        "sensitivity_layers/compress_layer); sensitivity works with prune and lowrank")
+                        "sensitivity_layers/compress_layer); sensitivity works with prune, lowrank and filter-prune")
     if not layers:
         raise UserError(f"{method.name}: the model has no layer this method can compress")
     return dict(layers)

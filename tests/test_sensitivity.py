@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from slimkit.allocation import allocate, predicted_losses
+from slimkit.allocation import allocate, candidate_levels, interpolated_drop, predicted_losses
 from slimkit.errors import UserError
 from slimkit.models.lenet import lenet300, lenet5
 from slimkit.plugins import get_registry
@@ -108,15 +108,32 @@ def test_allocation_is_the_brute_force_optimum_and_meets_the_target(seed):
     acc = [sorted((rng.uniform(0.3, 0.9) for _ in levels), reverse=True) for _ in weights]
     sens = _sens(acc, weights, levels)
     target = rng.uniform(0.3, 0.85)
-    got = allocate(sens, target)
-    need = math.ceil(target * sum(weights))
-    removed = sum(math.ceil(got["levels"][f"l{i}"] * w) for i, w in enumerate(weights))
-    assert removed >= need
     drops = predicted_losses(sens)
-    best = min(sum(0.0 if lv == 0 else drops[i][levels.index(lv)] for i, lv in enumerate(combo))
-               for combo in itertools.product([0.0, *levels], repeat=len(weights))
-               if sum(math.ceil(lv * w) for lv, w in zip(combo, weights)) >= need)
-    assert got["predicted_total_loss"] == pytest.approx(best, abs=1e-12)
+    need = math.ceil(target * sum(weights))
+    for grid in (None, 0.1):  # measured levels only, and with the interpolated grid
+        got = allocate(sens, target, grid=grid)
+        removed = sum(math.ceil(got["levels"][f"l{i}"] * w) for i, w in enumerate(weights))
+        assert removed >= need
+        options = candidate_levels(levels, grid)
+        best = min(sum(interpolated_drop(levels, drops[i], lv) for i, lv in enumerate(combo))
+                   for combo in itertools.product([0.0, *options], repeat=len(weights))
+                   if sum(math.ceil(lv * w) for lv, w in zip(combo, weights)) >= need)
+        assert got["predicted_total_loss"] == pytest.approx(best, abs=1e-12)
+
+
+def test_grid_levels_are_interpolated_and_balance_a_high_target():
+    """LeNet-300-100-like sizes at 0.95: with measured levels only, the big layer must jump
+    between 0.95 and 0.97; the grid lets it take 0.96 with the loss between the two."""
+    levels = [0.9, 0.95, 0.97]
+    assert candidate_levels(levels, 0.01) == [round(0.01 * k, 6) for k in range(1, 98)]
+    assert candidate_levels(levels, None) == levels
+    assert interpolated_drop(levels, [0.01, 0.02, 0.04], 0.96) == pytest.approx(0.03)
+    assert interpolated_drop(levels, [0.01, 0.02, 0.04], 0.45) == pytest.approx(0.005)  # from (0, 0)
+    sens = _sens([[0.96, 0.95, 0.93], [0.97, 0.96, 0.90], [0.97, 0.9, 0.8]], [235200, 30000, 1000], levels,
+                 base=0.97)
+    coarse, fine = allocate(sens, 0.95, grid=None), allocate(sens, 0.95)
+    assert fine["predicted_total_loss"] < coarse["predicted_total_loss"]
+    assert 0.95 < fine["levels"]["l0"] < 0.97
 
 
 def test_allocation_never_predicts_more_loss_than_uniform_at_the_target():
@@ -134,8 +151,10 @@ def test_allocation_never_predicts_more_loss_than_uniform_at_the_target():
 def test_allocation_prefers_the_insensitive_layer():
     sens = _sens([[0.9, 0.9, 0.89], [0.6, 0.3, 0.1]], [1000, 1000], [0.5, 0.9, 0.99])
     got = allocate(sens, 0.47)  # 940 of 2000 weights: l0 alone at 0.99 removes 990
-    assert got["levels"] == {"l0": 0.99, "l1": 0.0}
-    assert got["predicted_total_loss"] == pytest.approx(0.01)
+    assert got["levels"] == {"l0": 0.94, "l1": 0.0}  # the grid level that just meets the target
+    assert got["predicted_total_loss"] == pytest.approx(0.01 * 0.04 / 0.09)  # interpolated from 0.9 to 0.99
+    coarse = allocate(sens, 0.47, grid=None)
+    assert coarse["levels"] == {"l0": 0.99, "l1": 0.0} and coarse["predicted_total_loss"] == pytest.approx(0.01)
 
 
 def test_allocation_that_cannot_reach_the_target_is_a_user_error():
@@ -179,7 +198,7 @@ def test_sensitivity_command_writes_its_files_and_resumes_without_recomputing(tm
                f"sensitivity={out / 'sensitivity.json'}", "--no-latency", "--quiet", "--out", run) == 0
     stage = json.loads((run / "report.json").read_text())["stages"][0]
     assert stage["allocation"]["sensitivity_source"] == str(out / "sensitivity.json")
-    assert set(stage["allocation"]["levels"].values()) <= {0.0, 0.5, 0.9}
+    assert all(0.0 <= lv <= 0.9 for lv in stage["allocation"]["levels"].values())  # measured up to 0.9
     assert stage["zeros"] >= math.ceil(0.6 * stage["prunable_params"])
     assert cli("compress", "--model", "lenet300", "--baseline-epochs", "1", "-m", "prune", "--set",
                "sensitivity=x.json", "--quiet", "--out", tmp_path / "bad") == 2  # without allocation=sensitivity
