@@ -324,8 +324,13 @@ def test_hook_register_modules(tmp_path):
     assert isinstance(loaded, TinyNet) and loaded.body[1].out_features == 8
     with pytest.raises(UserError, match="TinyNet"):
         storage.load_model(tmp_path / "m.slim", load_registry())
-    with pytest.raises(UserError, match="register_modules"):
-        storage.save_model(tmp_path / "n.slim", model, load_registry(), info=info)
+    # Without the plugin the class is unknown: the model is saved as its fx graph
+    # (slimkit.nn.graphspec) and loads back, with the same outputs, with no plugin at all.
+    storage.save_model(tmp_path / "n.slim", model, load_registry(), info=info)
+    graph = storage.load_model(tmp_path / "n.slim", load_registry()).model
+    assert not isinstance(graph, TinyNet)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(graph.eval()(x), model.eval()(x), rtol=0, atol=0)
 
 
 
