@@ -93,9 +93,13 @@ TUTORIAL_STEPS = 7000
 #: Default least number of optimizer steps of the retraining when no epochs are given (see
 #: "Training length"): the tutorial's; 3000 left LeNet-300-100 on digits 9 points down.
 MIN_STEPS_DEFAULT = TUTORIAL_STEPS
+#: The Gamma hyper-priors' default (a, b) are the tutorial's at this many weights: LeNet-300-100 on
+#: 28x28 inputs (784*300 + 300*100 + 100*10), where they were measured (docs/BENCHMARKS.md); see
+#: :func:`scaled_gamma` for other sizes.
+GAMMA_REF_WEIGHTS = 266_200
 
 __all__ = ["SoftWeightSharing", "MixturePrior", "kl_gaussian", "merge_components", "responsibilities_argmax",
-           "gamma_neg_log_prior"]
+           "gamma_neg_log_prior", "scaled_gamma"]
 
 
 # --------------------------------------------------------------------------- the prior
@@ -104,6 +108,23 @@ def gamma_neg_log_prior(log_vars: torch.Tensor, a: float, b: float) -> torch.Ten
     """``-log Gamma(lambda | a, b)`` up to a constant, for precisions ``lambda = exp(-log_vars)``:
     ``sum (a - 1) * log_var + b * exp(-log_var)``."""
     return ((a - 1.0) * log_vars + b * torch.exp(-log_vars)).sum()
+
+
+def scaled_gamma(a: float, b: float, weights: int, ref_weights: int) -> tuple[float, float]:
+    """The Gamma hyper-prior ``(a, b)``, given for ``ref_weights`` weights, for a network of ``weights``.
+
+    As a function of ``sigma^2`` the hyper-prior ``(a - 1) log sigma^2 + b / sigma^2`` is the
+    ``-log N`` of ``2 (a - 1)`` pseudo-weights whose mean squared distance from the mean is
+    ``b / (a - 1)``. Those pseudo-weights are kept a fixed share of the network's weights:
+    ``a - 1`` and ``b`` are multiplied by ``weights / ref_weights``, so the mode of the
+    precision, ``(a - 1) / b``, stays. Without this a small network (LeNet-5 on 8x8 digits,
+    21,150 weights, ~60 weights a non-zero component) has its variances pinned at the mode by
+    the hyper-prior, they cannot shrink with their weights, and snapping the weights costs 10
+    points. ``ref_weights`` 0 keeps ``(a, b)`` as given."""
+    if ref_weights <= 0 or weights == ref_weights:
+        return float(a), float(b)
+    factor = weights / ref_weights
+    return 1.0 + (a - 1.0) * factor, b * factor
 
 
 class MixturePrior(nn.Module):
@@ -356,6 +377,9 @@ class SoftWeightSharing(Method):
         Option("gamma_zero_b", float, 2.0, "Gamma hyper-prior rate b of the zero component's precision", min=0.0),
         Option("gamma_a", float, 250.0, "Gamma hyper-prior shape a of the other precisions", min=1.0),
         Option("gamma_b", float, 0.1, "Gamma hyper-prior rate b of the other precisions", min=0.0),
+        Option("gamma_ref_weights", int, GAMMA_REF_WEIGHTS, "the gamma_* values are for a network of this many "
+               "weights; for another count their pseudo-counts a - 1 and rates b scale with the number of weights, "
+               "keeping the modes (0 = use them as given)", min=0),
         Option("lr_means", float, 1e-4, "learning rate of the component means", min=0.0),
         Option("lr_log_vars", float, 3e-3, "learning rate of the component log-variances", min=0.0),
         Option("lr_mix", float, 3e-3, "learning rate of the mixing-proportion logits", min=0.0),
@@ -395,9 +419,10 @@ class SoftWeightSharing(Method):
         init_std = opts["init_std"] or float(initial.std())
         if not init_std > 0:
             raise UserError("sws: the weights are all equal, so init_std cannot be derived from them; set init_std")
-        prior = MixturePrior(k, init_means, init_std, opts["pi_zero"],
-                             (opts["gamma_zero_a"], opts["gamma_zero_b"]), (opts["gamma_a"], opts["gamma_b"]),
-                             scales).to(ctx.device)
+        n_weights, ref = initial.numel(), opts["gamma_ref_weights"]
+        gamma_zero = scaled_gamma(opts["gamma_zero_a"], opts["gamma_zero_b"], n_weights, ref)
+        gamma = scaled_gamma(opts["gamma_a"], opts["gamma_b"], n_weights, ref)
+        prior = MixturePrior(k, init_means, init_std, opts["pi_zero"], gamma_zero, gamma, scales).to(ctx.device)
         wrapper = _WithPrior(model, prior, layers)
         n_train = ctx.data.size("train")
         coef = opts["tau"] / max(n_train, 1)
@@ -415,7 +440,8 @@ class SoftWeightSharing(Method):
         monitor = _Monitor(wrapper, epochs)
         ctx.log(f"sws: retraining {epochs} epoch(s) under a {k}-component mixture prior over "
                 f"{initial.numel():,} weights (tau={opts['tau']:g}, N={n_train}, pi_zero={opts['pi_zero']}, "
-                f"init_std={init_std:.4g})")
+                f"init_std={init_std:.4g}, Gamma hyper-priors (a, b) zero {gamma_zero[0]:.4g}, {gamma_zero[1]:.4g}, "
+                f"others {gamma[0]:.4g}, {gamma[1]:.4g})")
         steps = epochs * per_epoch
         needed = abs(math.log(init_std ** 2) - math.log(0.02 ** 2)) / opts["lr_log_vars"]
         if steps < 2 * needed:
@@ -473,6 +499,7 @@ class SoftWeightSharing(Method):
             mixture={"means": merged_mu.tolist(), "stds": torch.exp(0.5 * merged_lv).tolist(),
                      "mixing": merged_pi.tolist()},
             mixture_history=monitor.history, tau=opts["tau"], prior_coefficient=coef, init_std=init_std,
+            gamma_zero=list(gamma_zero), gamma=list(gamma),
             val_accuracy_before=val_before, val_accuracy_retrained=val_retrained,
             epochs=epochs, optimizer_steps=steps, steps_per_epoch=per_epoch,
             weight_bytes=sum(r["stored_bytes"] for r in rows), dense_weight_bytes=4 * total,
