@@ -18,7 +18,18 @@ learn their means (initialised evenly over the weights' range), log-variances
 ``1 - pi_0``). Each precision ``lambda_j = 1 / sigma_j^2`` has a Gamma hyper-prior
 ``Gamma(lambda | a, b)``, whose negative log density is, up to a constant,
 ``(a - 1) log sigma_j^2 + b / sigma_j^2``: (a, b) = (5000, 2) for the zero component and
-(250, 0.1) for the others (the paper's tutorial; options ``gamma_zero_a/b``, ``gamma_a/b``).
+(250, 0.1) for the others (the paper's tutorial; options ``gamma_zero_a/b``, ``gamma_a/b``),
+at ``gamma_ref_weights`` = 266,200 weights (LeNet-300-100 on MNIST). In ``sigma^2`` a Gamma
+hyper-prior weighs like ``2 (a - 1)`` pseudo-weights at squared distance ``b / (a - 1)``
+(sigma 0.02). The zero component takes nearly all the weights, so its pseudo-weights are kept
+the same share of them: for a network of W weights its ``a - 1`` and ``b`` are multiplied by
+``W / gamma_ref_weights`` (:func:`scaled_gamma`; the mode stays). Unscaled, its ~10,000
+pseudo-weights outweighed LeNet-5's (8x8 digits, 21,150 weights): sigma_0 stayed at 0.012,
+the pruned weights stayed spread over +-0.02 around 0, and snapping cost 11 points (97.8 ->
+85.8 % with the retrained net at 97.2 %); scaled, sigma_0 shrinks to 0.004 with its weights
+and pruning costs nothing. The other components keep the tutorial's (250, 0.1): weakened the
+same way, a component widened over the many weights between its neighbours (sigma up to
+0.6 when started at quantiles) and snapping them to its mean was worse.
 The objective of the paper, ``L = -log p(T | X, w) - tau log p(w, mu, sigma, pi)``, sums the
 likelihood over all N training examples; divided by N it becomes, per mini-batch, ::
 
@@ -93,7 +104,7 @@ TUTORIAL_STEPS = 7000
 #: Default least number of optimizer steps of the retraining when no epochs are given (see
 #: "Training length"): the tutorial's; 3000 left LeNet-300-100 on digits 9 points down.
 MIN_STEPS_DEFAULT = TUTORIAL_STEPS
-#: The Gamma hyper-priors' default (a, b) are the tutorial's at this many weights: LeNet-300-100 on
+#: The zero component's Gamma hyper-prior (a, b) is the tutorial's at this many weights: LeNet-300-100 on
 #: 28x28 inputs (784*300 + 300*100 + 100*10), where they were measured (docs/BENCHMARKS.md); see
 #: :func:`scaled_gamma` for other sizes.
 GAMMA_REF_WEIGHTS = 266_200
@@ -117,10 +128,8 @@ def scaled_gamma(a: float, b: float, weights: int, ref_weights: int) -> tuple[fl
     ``-log N`` of ``2 (a - 1)`` pseudo-weights whose mean squared distance from the mean is
     ``b / (a - 1)``. Those pseudo-weights are kept a fixed share of the network's weights:
     ``a - 1`` and ``b`` are multiplied by ``weights / ref_weights``, so the mode of the
-    precision, ``(a - 1) / b``, stays. Without this a small network (LeNet-5 on 8x8 digits,
-    21,150 weights, ~60 weights a non-zero component) has its variances pinned at the mode by
-    the hyper-prior, they cannot shrink with their weights, and snapping the weights costs 10
-    points. ``ref_weights`` 0 keeps ``(a, b)`` as given."""
+    precision, ``(a - 1) / b``, stays. Used for the zero component, which takes nearly all
+    the weights (see the module docstring). ``ref_weights`` 0 keeps ``(a, b)`` as given."""
     if ref_weights <= 0 or weights == ref_weights:
         return float(a), float(b)
     factor = weights / ref_weights
@@ -377,9 +386,9 @@ class SoftWeightSharing(Method):
         Option("gamma_zero_b", float, 2.0, "Gamma hyper-prior rate b of the zero component's precision", min=0.0),
         Option("gamma_a", float, 250.0, "Gamma hyper-prior shape a of the other precisions", min=1.0),
         Option("gamma_b", float, 0.1, "Gamma hyper-prior rate b of the other precisions", min=0.0),
-        Option("gamma_ref_weights", int, GAMMA_REF_WEIGHTS, "the gamma_* values are for a network of this many "
-               "weights; for another count their pseudo-counts a - 1 and rates b scale with the number of weights, "
-               "keeping the modes (0 = use them as given)", min=0),
+        Option("gamma_ref_weights", int, GAMMA_REF_WEIGHTS, "gamma_zero_a/b are for a network of this many "
+               "weights; for another count their pseudo-count a - 1 and rate b scale with the number of weights, "
+               "keeping the mode (0 = use them as given)", min=0),
         Option("lr_means", float, 1e-4, "learning rate of the component means", min=0.0),
         Option("lr_log_vars", float, 3e-3, "learning rate of the component log-variances", min=0.0),
         Option("lr_mix", float, 3e-3, "learning rate of the mixing-proportion logits", min=0.0),
@@ -421,7 +430,7 @@ class SoftWeightSharing(Method):
             raise UserError("sws: the weights are all equal, so init_std cannot be derived from them; set init_std")
         n_weights, ref = initial.numel(), opts["gamma_ref_weights"]
         gamma_zero = scaled_gamma(opts["gamma_zero_a"], opts["gamma_zero_b"], n_weights, ref)
-        gamma = scaled_gamma(opts["gamma_a"], opts["gamma_b"], n_weights, ref)
+        gamma = (opts["gamma_a"], opts["gamma_b"])  # not scaled: see the module docstring
         prior = MixturePrior(k, init_means, init_std, opts["pi_zero"], gamma_zero, gamma, scales).to(ctx.device)
         wrapper = _WithPrior(model, prior, layers)
         n_train = ctx.data.size("train")

@@ -196,9 +196,10 @@ def test_components_start_at_the_spread_of_the_weights(tmp_path):
     ctx = make_ctx(tmp_path, 0)
     method.apply(model, ctx, method.parse_options({"plots": False}))
     assert ctx.results["init_std"] == pytest.approx(float(weights.std()), rel=1e-5)  # init_std=0: automatic
-    # the hyper-priors are the tutorial's scaled to this network's 640 weights
-    assert ctx.results["gamma"] == pytest.approx(list(sws.scaled_gamma(250.0, 0.1, 640, sws.GAMMA_REF_WEIGHTS)))
-    assert ctx.results["gamma_zero"] == pytest.approx(list(sws.scaled_gamma(5000.0, 2.0, 640, 266_200)))
+    # the zero component's hyper-prior is the tutorial's scaled to this network's 640 weights; the others' are kept
+    assert ctx.results["gamma_zero"] == pytest.approx(list(sws.scaled_gamma(5000.0, 2.0, 640, sws.GAMMA_REF_WEIGHTS)))
+    assert ctx.results["gamma_zero"][0] == pytest.approx(1 + 4999 * 640 / 266_200)
+    assert ctx.results["gamma"] == [250.0, 0.1]
     assert ctx.results["mixture_history"] == [] and not (tmp_path / "sws_weights_joint.png").exists()
     # untrained, the learned means are still spread evenly over the weights' range
     means = sorted(ctx.results["mixture"]["means"])
