@@ -518,6 +518,14 @@ class SoftWeightSharing(Method):
     def collapse_hint(self, opts: dict, ctx) -> str:
         steps = ctx.results.get("optimizer_steps")
         per_epoch = ctx.results.get("steps_per_epoch") or ctx.steps_per_epoch()
+        before, retrained = ctx.results.get("val_accuracy_before"), ctx.results.get("val_accuracy_retrained")
+        if steps is not None and steps >= TUTORIAL_STEPS and before is not None and retrained is not None \
+                and retrained >= before - 0.02:
+            # enough steps and the retrained network is fine: the points were lost in snapping
+            return (f"likely cause: snapping, not training (validation {before:.2%} before, {retrained:.2%} "
+                    f"retrained): the weights did not gather on the {opts.get('components', 16)} components; try "
+                    f"--set components={2 * opts.get('components', 16)} (LeNet-5 on digits, seed 1: 84.96 -> "
+                    f"90.81 % with 32)")
         if steps is None:
             return "likely cause: too few optimizer steps for the prior; try more --epochs"
         want = max(2 * steps, TUTORIAL_STEPS)
