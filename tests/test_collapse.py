@@ -58,3 +58,12 @@ def test_sws_hint_names_the_steps_and_suggests_epochs():
     assert "too few optimizer steps for the prior (230 steps, 23 an epoch" in hint and "--epochs 305" in hint
     ctx = SimpleNamespace(results={"optimizer_steps": 6000, "steps_per_epoch": 100})
     assert "--epochs 120" in sws.SoftWeightSharing().collapse_hint({}, ctx)  # twice the steps given
+
+
+def test_sws_hint_blames_snapping_when_the_retrained_net_was_fine():
+    results = {"optimizer_steps": 7014, "steps_per_epoch": 21, "val_accuracy_before": 0.9236,
+               "val_accuracy_retrained": 0.9306}
+    hint = sws.SoftWeightSharing().collapse_hint({"components": 16}, SimpleNamespace(results=results))
+    assert "snapping, not training" in hint and "--set components=32" in hint
+    results["val_accuracy_retrained"] = 0.85  # the retraining itself lost accuracy: the steps hint
+    assert "too few optimizer steps" in sws.SoftWeightSharing().collapse_hint({}, SimpleNamespace(results=results))

@@ -130,6 +130,23 @@ def test_responsibility_picks_the_most_likely_component():
     assert sws.responsibilities_argmax(w, means, log_vars, log_pi).tolist() == [0, 0, 1, 2, 0, 0]
 
 
+def test_hyper_prior_pseudo_counts_scale_with_the_number_of_weights():
+    # at the reference size the tutorial's values are kept exactly (LeNet-300-100 on MNIST)
+    assert sws.scaled_gamma(250.0, 0.1, 266_200, sws.GAMMA_REF_WEIGHTS) == (250.0, 0.1)
+    # LeNet-5 on 8x8 digits: 21,150 weights -> a - 1 and b times 21,150 / 266,200
+    a, b = sws.scaled_gamma(250.0, 0.1, 21_150, 266_200)
+    assert a == pytest.approx(1 + 249 * 21_150 / 266_200) and a == pytest.approx(20.7834, rel=1e-5)
+    assert b == pytest.approx(0.1 * 21_150 / 266_200)
+    a0, b0 = sws.scaled_gamma(5000.0, 2.0, 21_150, 266_200)
+    assert (a0, b0) == (pytest.approx(398.178, rel=1e-5), pytest.approx(0.158903, rel=1e-5))
+    # the mode of the precision, (a - 1) / b, stays; twice the weights, twice the pseudo-counts
+    for weights in (1_000, 21_150, 532_400, 9_000_000):
+        a, b = sws.scaled_gamma(250.0, 0.1, weights, 266_200)
+        assert (a - 1) / b == pytest.approx(2490.0)
+    assert sws.scaled_gamma(250.0, 0.1, 532_400, 266_200)[0] == pytest.approx(499.0)
+    assert sws.scaled_gamma(250.0, 0.1, 21_150, 0) == (250.0, 0.1)  # 0: as given
+
+
 # --------------------------------------------------------------------------- the method
 
 def test_quick_run_prunes_95_percent_and_stores_a_codebook(tmp_path):
@@ -143,7 +160,8 @@ def test_quick_run_prunes_95_percent_and_stores_a_codebook(tmp_path):
     method = sws.SoftWeightSharing()
     # faster-converging settings than the paper's, for a six-epoch run on a tiny set (~98 % zeros)
     opts = method.parse_options({"init_std": 0.05, "lr": 2e-3, "lr_means": 1e-3, "lr_log_vars": 0.03,
-                                 "pi_zero": 0.9999, "min_steps": 0})
+                                 "pi_zero": 0.9999, "min_steps": 0,
+                                 "gamma_ref_weights": 0})  # the tutorial's hyper-priors, unscaled
     ctx = make_ctx(tmp_path, 6)
     out = method.apply(model, ctx, opts)
     layers = codebook_layers(out)
@@ -178,6 +196,10 @@ def test_components_start_at_the_spread_of_the_weights(tmp_path):
     ctx = make_ctx(tmp_path, 0)
     method.apply(model, ctx, method.parse_options({"plots": False}))
     assert ctx.results["init_std"] == pytest.approx(float(weights.std()), rel=1e-5)  # init_std=0: automatic
+    # the zero component's hyper-prior is the tutorial's scaled to this network's 640 weights; the others' are kept
+    assert ctx.results["gamma_zero"] == pytest.approx(list(sws.scaled_gamma(5000.0, 2.0, 640, sws.GAMMA_REF_WEIGHTS)))
+    assert ctx.results["gamma_zero"][0] == pytest.approx(1 + 4999 * 640 / 266_200)
+    assert ctx.results["gamma"] == [250.0, 0.1]
     assert ctx.results["mixture_history"] == [] and not (tmp_path / "sws_weights_joint.png").exists()
     # untrained, the learned means are still spread evenly over the weights' range
     means = sorted(ctx.results["mixture"]["means"])
@@ -195,6 +217,7 @@ def test_options_are_checked():
     assert (opts["components"], opts["pi_zero"], opts["tau"], opts["init_std"]) == (16, 0.999, 5e-3, 0.0)
     assert (opts["gamma_zero_a"], opts["gamma_zero_b"], opts["gamma_a"], opts["gamma_b"]) == (5000, 2, 250, 0.1)
     assert (opts["epochs"], opts["min_steps"]) == (None, sws.MIN_STEPS_DEFAULT)
+    assert opts["gamma_ref_weights"] == sws.GAMMA_REF_WEIGHTS == 784 * 300 + 300 * 100 + 100 * 10
     with pytest.raises(UserError, match="no nn.Conv2d"):
         method.check(nn.Sequential(nn.ReLU()), opts)
 
