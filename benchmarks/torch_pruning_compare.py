@@ -107,14 +107,14 @@ def tp_groups(model, x):
     return dg, list(dg.get_all_groups(ignored_layers=output_layers(model, x)))
 
 
-def tp_one_group(factory, shape, index: int) -> str:
-    """'ok', or how removing the last channel of Torch-Pruning's group ``index`` went wrong."""
+def tp_one_group(factory, shape, index: int) -> tuple[str, int, str]:
+    """(root layer, channel, 'ok' or how removing that channel of Torch-Pruning's group ``index`` went wrong)."""
     model, x = fresh(factory, shape)
     dg, groups = tp_groups(model, x)
     root = groups[index][0].dep
-    channels = dg.get_out_channels(root.target.module)
-    group = dg.get_pruning_group(root.target.module, root.handler, [channels - 1])
-    where = "root " + next(n for n, m in model.named_modules() if m is root.target.module)
+    channel = dg.get_out_channels(root.target.module) - 1
+    group = dg.get_pruning_group(root.target.module, root.handler, [channel])
+    layer = next(n for n, m in model.named_modules() if m is root.target.module)
     tp_zero(dg, group)
     with torch.no_grad():
         y_zero = model(x)
@@ -122,43 +122,55 @@ def tp_one_group(factory, shape, index: int) -> str:
     try:
         group.prune()
     except Exception as exc:  # noqa: BLE001 -- every failure is a result here
-        return f"{where}: crashed in prune ({one_line(exc)})"
+        return layer, channel, f"crashed in prune ({one_line(exc)})"
     try:
         with torch.no_grad():
             y = model(x)
     except Exception as exc:  # noqa: BLE001
-        return f"{where}: pruned model does not run ({one_line(exc)})"
+        return layer, channel, f"pruned model does not run ({one_line(exc)})"
     if y.shape != y_zero.shape:
-        return f"{where}: output shape {tuple(y.shape)} != {tuple(y_zero.shape)}"
+        return layer, channel, f"output shape {tuple(y.shape)} != {tuple(y_zero.shape)}"
     diff = float((y - y_zero).abs().max())
     if diff > TOL:
-        return f"{where}: mis-pruned, max |diff| {diff:.3g}"
-    if count_params(model) >= before:
-        return "nothing removed"
-    return "ok"
+        return layer, channel, f"mis-pruned, max |diff| {diff:.3g}"
+    return layer, channel, "ok" if count_params(model) < before else "nothing removed"
+
+
+def sk_remove_exact(model, x, graph, atom) -> str:
+    """Zero ``atom``, remove it; 'exact', 'refused: ...' or 'NOT EXACT ...'."""
+    zero_channels(graph, {atom})
+    with torch.no_grad():
+        y_zero = model(x)
+    before = count_params(model)
+    try:
+        pruned = remove_channels(model, graph, {atom}, x)
+    except (UserError, ValueError) as exc:
+        return f"refused: {one_line(exc)}"
+    with torch.no_grad():
+        y = pruned(x)
+    diff = float((y - y_zero).abs().max()) if y.shape == y_zero.shape else float("inf")
+    if diff > TOL:
+        return f"NOT EXACT, max |diff| {diff:.3g}"
+    return "exact" if count_params(pruned) < before else "nothing removed"
+
+
+def sk_same_channel(factory, shape, layer: str, channel: int) -> str:
+    """slimkit on the channel Torch-Pruning got wrong: output channel ``channel`` of ``layer``."""
+    model, x = fresh(factory, shape)
+    try:
+        graph = build_graph(model, x)
+    except UserError as exc:
+        return f"refused: {one_line(exc)}"
+    rec = graph.params[id(model.get_submodule(layer).weight)]
+    atom = graph.root(int(rec.labels[0][channel]))
+    return sk_remove_exact(model, x, graph, atom)
 
 
 def sk_one_group(factory, shape, index: int) -> str:
     """'exact', or what went wrong removing the last atom of slimkit's group ``index``."""
     model, x = fresh(factory, shape)
     graph = build_graph(model, x)
-    atom = graph.groups[index].atoms[-1]
-    zero_channels(graph, {atom})
-    with torch.no_grad():
-        y_zero = model(x)
-    before = count_params(model)
-    where = "holding " + ", ".join(sorted({f"{h[0]}.{h[1]}" for rec, _ in graph.groups[index].params
-                                          for h in rec.holders if rec.roles[0] == "out"})[:3])
-    try:
-        pruned = remove_channels(model, graph, {atom}, x)
-    except (UserError, ValueError) as exc:
-        return f"{where}: refused: {one_line(exc)}"
-    with torch.no_grad():
-        y = pruned(x)
-    diff = float((y - y_zero).abs().max()) if y.shape == y_zero.shape else float("inf")
-    if diff > TOL:
-        return f"{where}: NOT EXACT, max |diff| {diff:.3g}"
-    return "exact" if count_params(pruned) < before else "nothing removed"
+    return sk_remove_exact(model, x, graph, graph.groups[index].atoms[-1])
 
 
 def summarize(results: list[str], good: str) -> str:
@@ -175,15 +187,20 @@ def summarize(results: list[str], good: str) -> str:
 def corpus(args) -> None:
     models = corpus_models()
     names = [n for n in models if not args.models or n in args.models.split(",")]
-    rows, details = [], []
+    rows, details, wrong = [], [], []
     for name in names:
         factory, shape = models[name]
         t0 = time.perf_counter()
         try:
             model, x = fresh(factory, shape)
             _, groups = tp_groups(model, x)
-            tp_res = [tp_one_group(factory, shape, i) for i in range(len(groups))]
+            tp_full = [tp_one_group(factory, shape, i) for i in range(len(groups))]
+            tp_res = [f"root {layer}: {verdict}" if verdict != "ok" else "ok" for layer, _, verdict in tp_full]
             tp_cell, tp_n = summarize(tp_res, "ok"), len(groups)
+            for i, (layer, channel, verdict) in enumerate(tp_full):
+                if verdict != "ok":  # the same channel through slimkit
+                    wrong.append((name, i, f"{layer}[{channel}]", verdict,
+                                  sk_same_channel(factory, shape, layer, channel)))
         except Exception as exc:  # noqa: BLE001
             tp_res, tp_cell, tp_n = [], f"crashed building the graph ({one_line(exc)})", "-"
         try:
@@ -203,8 +220,13 @@ def corpus(args) -> None:
     print("|---|---:|---|---:|---|")
     for r in rows:
         print("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |")
+    print()
+    print("| model | TP group | channel (root layer's output) | Torch-Pruning 1.6.1 | slimkit on the same channel |")
+    print("|---|---:|---|---|---|")
+    for r in wrong:
+        print("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps(details, indent=1))
+        Path(args.json).write_text(json.dumps({"models": details, "torch_pruning_wrong": wrong}, indent=1))
 
 
 # --------------------------------------------------------------------------- part B: fine-tuned comparison
@@ -389,6 +411,26 @@ def finetune(args) -> None:
 
 
 
+def table(args) -> None:
+    """Mean over seeds of the rows in one or more ``finetune --json`` files (test accuracy with its spread)."""
+    rows = [r for f in args.files for r in json.loads(Path(f).read_text())]
+    cells: dict = {}
+    for r in rows:
+        for tool in ("baseline", "slimkit", "torch-pruning"):
+            c = {"acc": r["baseline_acc"], **(r["baseline"] or {})} if tool == "baseline" else r[tool]
+            if "error" not in c:
+                cells.setdefault((r["model"], r["importance"], r["scope"], tool), []).append(c)
+    print("| model | importance | scope | tool | seeds | test acc. (mean +- sd) | params | MACs | batch-1 ms | "
+          "batch-64 ms |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for (model, imp, scope, tool), cs in cells.items():
+        accs = [100 * c["acc"] for c in cs]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        med = lambda k: statistics.median(c[k] for c in cs)  # noqa: E731
+        print(f"| {model} | {imp} | {scope} | {tool} | {len(cs)} | {statistics.mean(accs):.2f} +- {sd:.2f} % | "
+              f"{med('params'):,.0f} | {med('macs'):,.0f} | {med('ms_b1'):.3f} | {med('ms_b64'):.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -407,10 +449,12 @@ def main():
     b.add_argument("--repeats", type=int, default=40, help="timed batch-1 rounds (batch 64: a quarter)")
     b.add_argument("--out", default="runs/tp-compare")
     b.add_argument("--json", default="")
+    c = sub.add_parser("table", help="mean over seeds of finetune --json files")
+    c.add_argument("files", nargs="+")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")  # Torch-Pruning warns on every graph it builds
     torch.set_num_threads(int(os.environ.get("TP_COMPARE_THREADS", "1")))
-    {"corpus": corpus, "finetune": finetune}[args.cmd](args)
+    {"corpus": corpus, "finetune": finetune, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":
