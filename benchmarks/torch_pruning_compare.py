@@ -325,6 +325,7 @@ def run_tool(tool, model, model_options, args, seed, importance, scope):
     cfg = RunConfig(model=model, model_options=model_options, data=args.data, methods=[method],
                     options={method: {"macs": args.macs, "importance": importance, "scope": scope}},
                     epochs=args.epochs, baseline_epochs=args.baseline_epochs, seed=seed, quiet=True, latency=False,
+                    optimizer=args.optimizer, lr=args.lr,
                     out=str(out))
     t0 = time.perf_counter()
     try:
@@ -391,7 +392,8 @@ def finetune(args) -> None:
                     print(json.dumps(row), flush=True)
     print()
     print(f"{platform.machine()}, torch {torch.__version__}, Torch-Pruning {importlib.metadata.version('torch-pruning')}, "
-          f"baseline {args.baseline_epochs} epochs, fine-tuning {args.epochs} epochs, MACs <= {args.macs:.0%}; "
+          f"{args.optimizer}, baseline {args.baseline_epochs} epochs, fine-tuning {args.epochs} epochs, "
+          f"MACs <= {args.macs:.0%}; "
           f"latency: medians, 1 thread, interleaved with the baseline")
     print()
     print("| model | importance | scope | seed | tool | test acc. | params | MACs | batch-1 ms | batch-64 ms |")
@@ -446,6 +448,8 @@ def main():
     b.add_argument("--importance", default="l1,bn-scale")
     b.add_argument("--scope", default="per-layer")
     b.add_argument("--seeds", default="0")
+    b.add_argument("--optimizer", default="sgd", help="baseline and fine-tuning optimizer (sgd, adam)")
+    b.add_argument("--lr", type=float, default=None, help="base learning rate (default: the optimizer's)")
     b.add_argument("--repeats", type=int, default=40, help="timed batch-1 rounds (batch 64: a quarter)")
     b.add_argument("--out", default="runs/tp-compare")
     b.add_argument("--json", default="")
