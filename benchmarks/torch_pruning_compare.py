@@ -413,6 +413,21 @@ def finetune(args) -> None:
 
 
 
+def latency(args) -> None:
+    """Re-time finished runs (``OUT/MODEL-...-slimkit`` and ``...-torch-pruning`` pairs) with more rounds."""
+    from slimkit.data import load_data
+    from slimkit.plugins import get_registry
+    shape = tuple(load_data(args.data, get_registry().datasets, seed=0).input_shape)
+    print("| run | baseline b1 | slimkit b1 | Torch-Pruning b1 | baseline b64 | slimkit b64 | Torch-Pruning b64 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for prefix in args.runs:
+        st = measure([{"tool": t, "out": f"{prefix}-{t}", "report": None} for t in ("slimkit", "torch-pruning")],
+                     shape, args)
+        cols = [f"{st[k]['ms_b1']:.3f}" for k in ("baseline", "slimkit", "torch-pruning")] + [
+            f"{st[k]['ms_b64']:.2f}" for k in ("baseline", "slimkit", "torch-pruning")]
+        print(f"| {Path(prefix).name} | " + " | ".join(cols) + " |", flush=True)
+
+
 def table(args) -> None:
     """Mean over seeds of the rows in one or more ``finetune --json`` files (test accuracy with its spread)."""
     rows = [r for f in args.files for r in json.loads(Path(f).read_text())]
@@ -453,12 +468,16 @@ def main():
     b.add_argument("--repeats", type=int, default=40, help="timed batch-1 rounds (batch 64: a quarter)")
     b.add_argument("--out", default="runs/tp-compare")
     b.add_argument("--json", default="")
+    d = sub.add_parser("latency", help="re-time finished finetune runs, interleaved, more rounds")
+    d.add_argument("runs", nargs="+", help="OUT/MODEL-IMPORTANCE-SCOPE-sSEED (without -slimkit/-torch-pruning)")
+    d.add_argument("--data", default="digits")
+    d.add_argument("--repeats", type=int, default=200)
     c = sub.add_parser("table", help="mean over seeds of finetune --json files")
     c.add_argument("files", nargs="+")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")  # Torch-Pruning warns on every graph it builds
     torch.set_num_threads(int(os.environ.get("TP_COMPARE_THREADS", "1")))
-    {"corpus": corpus, "finetune": finetune, "table": table}[args.cmd](args)
+    {"corpus": corpus, "finetune": finetune, "latency": latency, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":
