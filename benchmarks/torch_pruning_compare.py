@@ -18,7 +18,10 @@ back, latency at batch 1 and 64 is measured interleaved with the baseline (media
 
     python benchmarks/torch_pruning_compare.py corpus
     python benchmarks/torch_pruning_compare.py finetune --models resnet20,mobilenetv2,vit --baseline-epochs 10 \\
-        --epochs 3 [--data mnist:/work/shared/data/mnist] [--seeds 0,1,2]
+        --epochs 3 [--scope global] [--optimizer adam] [--data mnist:/work/shared/data/mnist] [--seeds 0,1,2] \\
+        --json out.json
+    python benchmarks/torch_pruning_compare.py table out.json ...       # mean over seeds
+    python benchmarks/torch_pruning_compare.py latency runs/tp-compare/resnet20-l1-per-layer-s0   # re-time files
 """
 from __future__ import annotations
 
