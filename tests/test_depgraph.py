@@ -178,3 +178,16 @@ def test_locked_dims_are_not_prunable():
     assert not any(graph.prunable(int(a)) for a in fc)  # the model's output
     with pytest.raises(ValueError, match="locked"):
         remove_channels(model, graph, {int(c2[0])}, x)
+
+
+def test_removing_every_channel_of_a_dimension_is_refused():
+    # the shuffle's hard-coded view(b, 3, -1) ties the 12 channels of stem and g1 into one atom: removing it
+    # would leave convolutions with no channels, so it is refused in one line and the model is untouched
+    model, x = prepared(CORPUS["channel_shuffle"][0](), (3, 8, 8))
+    graph = build_graph(model, x)
+    stream = set(graph.roots(graph.params[id(model.g1[0].weight)].labels[0]).tolist())
+    assert len(stream) == 1 and graph.prunable(next(iter(stream)))
+    y = model(x)
+    with pytest.raises(ValueError, match="no entries"):
+        remove_channels(model, graph, stream, x)
+    assert torch.equal(model(x), y) and model.g1[0].out_channels == 12

@@ -77,6 +77,10 @@ def _check_removable(graph: ChannelGraph, removed: set) -> None:
     bad = [a for a in removed if not graph.prunable(a)]
     if bad:
         raise ValueError(f"atoms {sorted(bad)[:5]} are locked or fixed and cannot be removed")
+    emptied = removed - graph.restore_minimum(removed)  # a layer left with no channels cannot be built
+    if emptied:
+        raise ValueError(f"removing atoms {sorted(emptied)[:5]} would leave a dimension with no entries; "
+                         "keep at least one atom of it")
 
 
 @torch.no_grad()
