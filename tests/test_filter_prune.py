@@ -221,3 +221,20 @@ def test_compress_writes_a_smaller_model_that_evaluates_as_reported(model, tmp_p
     assert stage["macs_after"] <= 0.5 * stage["macs_before"]
     assert cli("export", out / "model.slim", "--format", "torchscript", "--out", tmp_path / "m.pt") == 0
     assert cli("info", out / "model.slim") == 0
+
+
+def test_global_bn_scale_normalises_unless_sparsity_trained():
+    """Raw BN scales of an untrained-for-sparsity net differ by orders of magnitude between
+    layers; one raw global threshold would empty the small-scale layer (Network Slimming's
+    raw threshold is meant for sparsity-trained scales only)."""
+    model = resnet().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.linspace(1.0, 0.5, m.num_features))
+        model.layer1[0].bn1.weight.mul_(1e-3)  # one layer with tiny scales
+    normalised = fp.prune_channels(model, (3, 8, 8), ratio=0.25, importance="bn-scale", scope="global")
+    raw = fp.prune_channels(model, (3, 8, 8), ratio=0.25, importance="bn-scale", scope="global",
+                            sparsity_trained=True)
+    assert raw.layer1[0].conv1.out_channels == 1  # the raw threshold takes all but the last one
+    assert normalised.layer1[0].conv1.out_channels > 1
