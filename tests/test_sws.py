@@ -214,7 +214,7 @@ def test_options_are_checked():
     with pytest.raises(UserError, match="pi_zero"):
         method.parse_options({"pi_zero": 1.0})
     opts = method.parse_options({})
-    assert (opts["components"], opts["pi_zero"], opts["tau"], opts["init_std"]) == (16, 0.999, 5e-3, 0.0)
+    assert (opts["components"], opts["pi_zero"], opts["tau"], opts["init_std"]) == (32, 0.999, 5e-3, 0.0)
     assert (opts["gamma_zero_a"], opts["gamma_zero_b"], opts["gamma_a"], opts["gamma_b"]) == (5000, 2, 250, 0.1)
     assert (opts["epochs"], opts["min_steps"]) == (None, sws.MIN_STEPS_DEFAULT)
     assert opts["gamma_ref_weights"] == sws.GAMMA_REF_WEIGHTS == 784 * 300 + 300 * 100 + 100 * 10
