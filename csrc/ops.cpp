@@ -41,6 +41,13 @@ TORCH_LIBRARY(slimkit, m) {
   // input (N, in_features) -> (N, out_features); weight_shape = (out_features, in_features).
   // Inference only (no autograd).
   m.def("sparse_linear(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[2] weight_shape, Tensor? bias) -> Tensor");
+  // A chain of fully connected layers in one call (slimkit's runtime fuses Linear [+ ReLU] runs
+  // into it, so a small MLP costs one dispatch instead of one per layer): layer i is CSR
+  // (row_ptrs[i], col_idxs[i], values[i]) or dense (dense_weights[i], out x in); an empty
+  // (zero-element) tensor stands for "none" (TorchScript cannot trace lists of optional
+  // tensors); shapes = [out_0, in_0, out_1, in_1, ...]; relus[i] != 0 applies ReLU after
+  // layer i. Inference only (no autograd).
+  m.def("sparse_mlp(Tensor input, Tensor[] row_ptrs, Tensor[] col_idxs, Tensor[] values, Tensor[] dense_weights, int[] shapes, Tensor[] biases, int[] relus) -> Tensor");
   // The same as kd_gmm_cpu_isa (kept for the sparse ops' callers); float32 only, other dtypes run "base".
   m.def("sparse_conv2d_cpu_isa() -> str");
 }

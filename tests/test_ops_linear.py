@@ -312,3 +312,49 @@ def test_cuda_sparse_linear(dtype):
             y = torch.ops.slimkit.sparse_linear(x.cuda(), sw.row_ptr, sw.col_idx, sw.values, [out, k], None)
             tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else _tol(dtype)
             torch.testing.assert_close(y.cpu().double(), F.linear(x.double(), w.double()), **tol)
+
+
+@native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_mlp_matches_its_reference_and_opcheck(dtype):
+    """CSR and dense layers mixed, with and without bias and ReLU; an empty tensor means none."""
+    from slimkit.ops.linear import sparse_mlp_reference
+
+    gen = torch.Generator().manual_seed(31)
+    none = torch.empty(0, dtype=dtype)
+    w1 = _pruned(torch.randn(30, 20, generator=gen, dtype=dtype), 0.8, gen)
+    w2 = torch.randn(7, 30, generator=gen, dtype=dtype)
+    w3 = _pruned(torch.randn(5, 7, generator=gen, dtype=dtype), 0.5, gen)
+    s1 = SparseLinearWeight.from_dense(w1, min_sparsity=0.0)
+    s3 = SparseLinearWeight.from_dense(w3, min_sparsity=0.0)
+    for n in (1, 9, 64):
+        x = torch.randn(n, 20, generator=gen, dtype=dtype)
+        args = (x, [s1.row_ptr, none, s3.row_ptr], [s1.col_idx, none, s3.col_idx], [s1.values, none, s3.values],
+                [none, w2, none], [30, 20, 7, 30, 5, 7], [torch.randn(30, dtype=dtype), none, torch.randn(5, dtype=dtype)],
+                [1, 1, 0])
+        got = torch.ops.slimkit.sparse_mlp(*args)
+        want = F.linear(torch.relu(F.linear(torch.relu(F.linear(x, w1, args[6][0])), w2)), w3, args[6][2])
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(sparse_mlp_reference(*args), want)
+        opcheck(torch.ops.slimkit.sparse_mlp.default, args)
+
+
+@native
+def test_sparse_mlp_bad_input_is_an_error():
+    gen = torch.Generator().manual_seed(32)
+    none = torch.empty(0)
+    w = _pruned(torch.randn(6, 4, generator=gen), 0.5, gen)
+    sw = SparseLinearWeight.from_dense(w, min_sparsity=0.0)
+    x = torch.randn(3, 4)
+    ok = (x, [sw.row_ptr], [sw.col_idx], [sw.values], [none], [6, 4], [none], [1])
+    torch.testing.assert_close(torch.ops.slimkit.sparse_mlp(*ok), torch.relu(F.linear(x, w)))
+    bad = {
+        "one entry per layer": (x, [sw.row_ptr], [sw.col_idx], [sw.values], [none], [6, 4, 2, 6], [none], [1]),
+        "takes 5 features": (x, [sw.row_ptr], [sw.col_idx], [sw.values], [none], [6, 5], [none], [1]),
+        "needs a dense weight": (x, [none], [none], [none], [none], [6, 4], [none], [0]),
+        "dense weight must be": (x, [none], [none], [none], [torch.randn(6, 5)], [6, 4], [none], [0]),
+        "2-D": (x.reshape(-1), [sw.row_ptr], [sw.col_idx], [sw.values], [none], [6, 4], [none], [1]),
+    }
+    for message, args in bad.items():
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.slimkit.sparse_mlp(*args)

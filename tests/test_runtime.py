@@ -161,15 +161,39 @@ def test_pruned_layers_run_slimkits_kernels_inside_the_graph():
 
 @native
 def test_sparse_linear_is_lowered_per_batch_size():
-    """The kernel pays from SPARSE_LINEAR_MIN_MACS: 300->32 is dense at batch 1 (9.6 K MACs), sparse at 64 (614 K)."""
-    model = _prune(nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 32)).eval())
+    """A lone layer's kernel pays from SPARSE_LINEAR_MIN_MACS: 784->12 is dense at batch 1
+    (9.4 K MACs), sparse at 64 (602 K)."""
+    model = _prune(nn.Sequential(nn.Flatten(), nn.Linear(784, 12)).eval())
     rm = RuntimeModel(model, MNIST, backend="eager")
     paths = {b: [e["path"] for e in rm.prepare(b)["layers"]] for b in (1, 64)}
-    assert paths[1] == ["sparse kernel", "dense"]  # 784x300 = 235 K MACs at batch 1
-    assert paths[64] == ["sparse kernel", "sparse kernel"]
+    assert paths == {1: ["dense"], 64: ["sparse kernel"]}
     for b in (1, 64):
         x = torch.randn(b, *MNIST)
         assert outputs_match(rm(x), model(x))[0]
+
+
+@native
+@pytest.mark.parametrize("backend", ["eager", "jit", "freeze"])
+def test_fully_connected_runs_become_one_sparse_mlp_call(backend):
+    """Linear [+ ReLU] runs (Dropout between them too) fuse into one sparse_mlp call at every batch
+    size: CSR layers past their crossover, dense (addmm) ones below it, plain nn.Linear too."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Dropout(0.5), nn.Linear(300, 100),
+                          nn.ReLU(), nn.Linear(100, 10))
+    _prune(model)
+    replace_layer(model, "4", model[4].to_dense_module())  # a plain dense layer inside the run
+    model.eval()
+    rm = RuntimeModel(model, MNIST, backend=backend)
+    for b in (1, 64):
+        info = rm.prepare(b)
+        assert [e["path"] for e in info["layers"]] == ["sparse kernel", "sparse kernel"]
+        assert all("fused into sparse_mlp" in e["why"] for e in info["layers"])
+        x = torch.randn(b, *MNIST, generator=torch.Generator().manual_seed(b))
+        assert outputs_match(rm(x), model(x))[0]
+    if backend == "eager":
+        graph = rm._built[next(iter(rm._built))][0].graph
+        calls = [n.target for n in graph.nodes if n.op == "call_function"]
+        assert calls.count(torch.ops.slimkit.sparse_mlp.default) == 1
+        assert torch.ops.slimkit.sparse_linear.default not in calls
 
 
 def test_reference_kernels_lower_to_dense(monkeypatch):

@@ -203,9 +203,55 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& row_ptr,
   return out;
 }
 
+// Layers run one after another in C++, each through sparse_linear_cpu (its checks included)
+// or addmm, with ReLU in place: no Python and no dispatcher round trip between layers.
+// An empty tensor in a list means "none" (no bias; no dense weight, so CSR).
+at::Tensor sparse_mlp_cpu(const at::Tensor& input, at::TensorList row_ptrs, at::TensorList col_idxs,
+                          at::TensorList values, at::TensorList dense_weights, at::IntArrayRef shapes,
+                          at::TensorList biases, at::IntArrayRef relus) {
+  const int64_t L = static_cast<int64_t>(relus.size());
+  TORCH_CHECK(L >= 1, "sparse_mlp: at least one layer");
+  TORCH_CHECK(static_cast<int64_t>(row_ptrs.size()) == L && static_cast<int64_t>(col_idxs.size()) == L &&
+                  static_cast<int64_t>(values.size()) == L && static_cast<int64_t>(dense_weights.size()) == L &&
+                  static_cast<int64_t>(biases.size()) == L && static_cast<int64_t>(shapes.size()) == 2 * L,
+              "sparse_mlp: row_ptrs, col_idxs, values, dense_weights, biases and relus need one entry per layer "
+              "and shapes two (out, in); got ", L, " relus and ", shapes.size(), " shape entries");
+  TORCH_CHECK(input.defined() && input.dim() == 2, "sparse_mlp: input must be 2-D (batch, in_features)");
+  const auto given = [](const at::Tensor& t) { return t.defined() && t.numel() > 0; };
+  at::Tensor x = input.contiguous();
+  for (int64_t i = 0; i < L; ++i) {
+    const std::optional<at::Tensor> bias = given(biases[i]) ? std::optional<at::Tensor>(biases[i]) : std::nullopt;
+    const int64_t out = shapes[2 * i], in = shapes[2 * i + 1];
+    TORCH_CHECK(x.size(1) == in, "sparse_mlp: layer ", i, " takes ", in, " features, its input has ", x.size(1));
+    if (given(dense_weights[i])) {
+      const at::Tensor& w = dense_weights[i];
+      TORCH_CHECK(w.dim() == 2 && w.size(0) == out && w.size(1) == in, "sparse_mlp: layer ", i,
+                  " dense weight must be (", out, ", ", in, "), got ", w.sizes());
+      TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.device() == x.device(), "sparse_mlp: layer ", i,
+                  " dense weight must be ", x.scalar_type(), " on ", x.device());
+      if (bias.has_value()) {
+        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out && bias->scalar_type() == x.scalar_type() &&
+                        bias->device() == x.device(),
+                    "sparse_mlp: layer ", i, " bias must be (", out, ",) ", x.scalar_type(), " on ", x.device());
+        x = at::addmm(*bias, x, w.t());
+      } else {
+        x = at::mm(x, w.t());
+      }
+    } else {
+      TORCH_CHECK(given(values[i]) && row_ptrs[i].defined() && col_idxs[i].defined(), "sparse_mlp: layer ", i,
+                  " needs a dense weight or all of row_ptr, col_idx and values");
+      const int64_t shape[2] = {out, in};
+      x = sparse_linear_cpu(x, row_ptrs[i], col_idxs[i], values[i], at::IntArrayRef(shape, 2), bias);
+    }
+    if (relus[i] != 0) x.relu_();
+  }
+  return x;
+}
+
 }  // namespace
 }  // namespace slimkit
 
 TORCH_LIBRARY_IMPL(slimkit, CPU, m) {
   m.impl("sparse_linear", &slimkit::sparse_linear_cpu);
+  m.impl("sparse_mlp", &slimkit::sparse_mlp_cpu);
 }

@@ -22,7 +22,7 @@ from slimkit.ops import backend
 from slimkit.ops.csr import CSRWeight
 
 __all__ = ["SPARSE_LINEAR_MIN_SPARSITY", "SPARSE_LINEAR_MIN_MACS", "SparseLinearWeight", "sparse_linear",
-           "sparse_linear_reference"]
+           "sparse_linear_reference", "sparse_mlp_reference"]
 
 #: Sparsity from which ``sparse_linear`` runs the sparse kernel instead of dense ``F.linear``.
 #: Measured on the development machine (AMD EPYC Zen 4, fp32, 784->300, interleaved medians;
@@ -86,6 +86,10 @@ def _register_native():
     def _(input, row_ptr, col_idx, values, weight_shape, bias):
         return input.new_empty((input.shape[0], weight_shape[0]))
 
+    @torch.library.register_fake("slimkit::sparse_mlp")
+    def _mlp(input, row_ptrs, col_idxs, values, dense_weights, shapes, biases, relus):
+        return input.new_empty((input.shape[0], shapes[-2]))
+
     _registered = True
 
 
@@ -131,3 +135,23 @@ def sparse_linear(input, sparse_weight: SparseLinearWeight, bias=None):
     x = input.reshape(-1, input.shape[-1]) if input.dim() != 2 else input
     y = torch.ops.slimkit.sparse_linear.default(x.contiguous(), w.row_ptr, w.col_idx, w.values, w.shape_list, bias)
     return y if input.dim() == 2 else y.reshape(*input.shape[:-1], w.shape[0])
+
+
+def sparse_mlp_reference(input, row_ptrs, col_idxs, values, dense_weights, shapes, biases, relus):
+    """What ``torch.ops.slimkit.sparse_mlp`` computes, layer by layer in PyTorch: layer ``i`` is
+    ``F.linear`` with ``dense_weights[i]`` or, when that is empty, with the CSR weight
+    (``row_ptrs[i]``, ``col_idxs[i]``, ``values[i]``) of shape ``shapes[2i:2i+2]``, plus
+    ``biases[i]`` unless empty, then ReLU where ``relus[i]``."""
+    x = input
+    for i, relu in enumerate(relus):
+        out, k = shapes[2 * i], shapes[2 * i + 1]
+        if dense_weights[i].numel() > 0:
+            w = dense_weights[i]
+        else:
+            rows = torch.repeat_interleave(torch.arange(out), row_ptrs[i].long().diff())
+            w = values[i].new_zeros(out, k)
+            w[rows, col_idxs[i].long()] = values[i]
+        x = F.linear(x, w, biases[i] if biases[i].numel() > 0 else None)
+        if relu:
+            x = torch.relu(x)
+    return x

@@ -17,6 +17,14 @@ Before that, convolutions on 1x1 feature maps become linear layers
 (:mod:`slimkit.runtime.single_pixel`, exact) and 2x2 max pools three elementwise maxima
 (:mod:`slimkit.runtime.pool`, exact).
 
+Runs of two or more fully connected layers (``SparseLinear`` or ``nn.Linear``, each
+optionally followed by a ReLU, eval-mode Dropout / Identity between them allowed), on a 2-D
+input, become one call of ``torch.ops.slimkit.sparse_mlp``: the layers run one after the
+other in C++, CSR where the weight is past its sparsity crossover, dense (addmm) otherwise.
+At batch 1 an MLP such as LeNet-300-100 is mostly per-layer overhead (a 100 x 10 layer
+costs ~8 us as a module call, its arithmetic well under one), so this removes a dispatch
+and an output-buffer round trip per layer.
+
 An activation that is the only user of a kernel's output runs in place on it
 (``relu_``): one output buffer fewer. It is not fused into the kernel: the kernels of
 csrc/ have no activation epilogue (a dense layer's conv + ReLU is fused by oneDNN in
@@ -81,9 +89,11 @@ def _linear_path(layer, in_shape, native: bool) -> tuple[bool, str]:
     return True, sw.reason
 
 
-def _attr(gm: fx.GraphModule, graph: fx.Graph, name: str, tensor) -> fx.Node | None:
+def _attr(gm: fx.GraphModule, graph: fx.Graph, name: str, tensor, none_as_empty: bool = False) -> fx.Node | None:
     if tensor is None:
-        return None
+        if not none_as_empty:
+            return None
+        tensor = torch.empty(0)  # sparse_mlp's "none" (TorchScript cannot trace lists of optional tensors)
     gm.register_buffer(name, tensor.detach().clone())
     return graph.get_attr(name)
 
@@ -131,6 +141,110 @@ def _relu_in_place(gm: fx.GraphModule, producer: fx.Node) -> bool:
     return True
 
 
+_PASS_THROUGH = (nn.Dropout, nn.Identity)  # identities in eval mode, between the layers of a chain
+
+
+def _fc_layer(modules: dict, node: fx.Node):
+    """The fully connected layer ``node`` calls (a SparseLinear or a plain nn.Linear), else None."""
+    from slimkit.nn.sparse import SparseLinear
+
+    if node.op != "call_module":
+        return None
+    layer = modules.get(node.target)
+    return layer if isinstance(layer, SparseLinear) or type(layer) is nn.Linear else None
+
+
+def _is_relu(modules: dict, node: fx.Node) -> bool:
+    return ((node.op == "call_module" and type(modules.get(node.target)) in _RELUS)
+            or (node.op == "call_function" and node.target in _RELU_FUNCS)
+            or (node.op == "call_method" and node.target == "relu"))
+
+
+def _only_user(node: fx.Node, modules: dict, skip=()) -> fx.Node | None:
+    """The single node that consumes ``node`` as its first argument (stepping over ``skip``), or None."""
+    while True:
+        users = list(node.users)
+        if (len(users) != 1 or not users[0].args or users[0].args[0] is not node or len(users[0].args) != 1
+                or set(users[0].kwargs) - {"inplace"}):
+            return None
+        user = users[0]
+        if user.op == "call_module" and isinstance(modules.get(user.target), skip):
+            node = user
+            continue
+        return user
+
+
+def _fc_chains(gm: fx.GraphModule, modules: dict) -> list[list[tuple]]:
+    """Maximal runs of >= 2 fully connected layers on 2-D float inputs: ``[(layer node, relu node or
+    None, [pass-through nodes]), ...]``; every intermediate value has that chain as its only user."""
+    chains, seen = [], set()
+    for node in gm.graph.nodes:
+        if node in seen or _fc_layer(modules, node) is None or not isinstance(node.args[0], fx.Node):
+            continue
+        meta = node.args[0].meta.get("tensor_meta")
+        if meta is None or len(meta.shape) != 2 or meta.dtype not in (torch.float32, torch.float64) or node.kwargs:
+            continue
+        chain, cur = [], node
+        while cur is not None and _fc_layer(modules, cur) is not None and cur not in seen:
+            nxt = _only_user(cur, modules, _PASS_THROUGH)
+            relu = nxt if nxt is not None and _is_relu(modules, nxt) else None
+            tail = relu or cur
+            chain.append((cur, relu))
+            seen.add(cur)
+            cur = _only_user(tail, modules, _PASS_THROUGH) if relu is not None else nxt
+        if len(chain) >= 2:
+            chains.append(chain)
+    return chains
+
+
+def _fuse_fc_chain(gm: fx.GraphModule, modules: dict, chain: list[tuple], index: int) -> list[LayerPlan]:
+    """Replace ``chain`` by one ``sparse_mlp`` call; the plans of its CSR layers."""
+    from slimkit.nn.sparse import SparseLinear
+
+    graph, plans = gm.graph, []
+    row_ptrs, col_idxs, values, dense, biases, shapes, relus = [], [], [], [], [], [], []
+    first = chain[0][0]
+    with graph.inserting_before(first):
+        for j, (node, relu) in enumerate(chain):
+            layer, prefix = modules[node.target], f"_mlp{index}_{j}"
+            csr = isinstance(layer, SparseLinear) and layer.sparse_weight.uses_sparse
+            if csr:
+                sw = layer.sparse_weight
+                row_ptrs.append(_attr(gm, graph, prefix + "_row_ptr", sw.row_ptr))
+                col_idxs.append(_attr(gm, graph, prefix + "_col_idx", sw.col_idx))
+                values.append(_attr(gm, graph, prefix + "_values", sw.values))
+                dense.append(_attr(gm, graph, prefix + "_weight", None, none_as_empty=True))
+                bias = layer._buffers.get("bias")
+            else:
+                plain = layer.to_dense_module() if isinstance(layer, SparseLinear) else layer
+                for name, target in (("_row_ptr", row_ptrs), ("_col_idx", col_idxs), ("_values", values)):
+                    target.append(_attr(gm, graph, prefix + name, None, none_as_empty=True))
+                dense.append(_attr(gm, graph, prefix + "_weight", plain.weight))
+                bias = plain.bias
+            if isinstance(layer, SparseLinear):
+                sw = layer.sparse_weight
+                plans.append(LayerPlan(node.target, "linear", "sparse kernel" if csr else "dense", sw.sparsity,
+                                       (sw.reason if csr else f"sparsity {sw.sparsity:.1%} < {sw.min_sparsity:.0%}: "
+                                        "dense addmm") + f"; fused into sparse_mlp call {index}"))
+            biases.append(_attr(gm, graph, prefix + "_bias", bias, none_as_empty=True))
+            shapes += [int(layer.out_features), int(layer.in_features)]
+            relus.append(1 if relu is not None else 0)
+        x = graph.call_method("contiguous", (first.args[0],))
+        call = graph.call_function(torch.ops.slimkit.sparse_mlp.default,
+                                   (x, row_ptrs, col_idxs, values, dense, shapes, biases, relus))
+    last = chain[-1][1] or chain[-1][0]
+    last.replace_all_uses_with(call)
+    # erase from the end: each node then has no users left (pass-throughs go with dead-code elimination)
+    for node, relu in reversed(chain):
+        for n in ([relu] if relu is not None else []) + [node]:
+            for user in list(n.users):
+                if user.op == "call_module" and isinstance(modules.get(user.target), _PASS_THROUGH):
+                    user.replace_all_uses_with(n)
+                    graph.erase_node(user)
+            graph.erase_node(n)
+    return plans
+
+
 def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tuple[fx.GraphModule, list[LayerPlan]]:
     """A copy of ``captured`` lowered for ``example``'s shape, and one :class:`LayerPlan` per CSR layer."""
     from slimkit.nn.sparse import SparseConv2d
@@ -146,6 +260,10 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
         ShapeProp(gm).propagate(example)
     modules = dict(gm.named_modules())
     plans: list[LayerPlan] = []
+    if native and torch._C._dispatch_has_kernel_for_dispatch_key("slimkit::sparse_mlp", "CPU") \
+            and example.device.type == "cpu":
+        for i, chain in enumerate(_fc_chains(gm, modules)):
+            plans += _fuse_fc_chain(gm, modules, chain, i)
     index = 0
     csr_nodes = [(node, tuple(node.args[0].meta["tensor_meta"].shape)) for node in gm.graph.nodes
                  if node.op == "call_module" and isinstance(modules.get(node.target), CSRLayer)]
