@@ -9,6 +9,9 @@
   F.linear`` on the same pruned weight, ``compile`` (that dense F.linear under
   torch.compile; full run only) and ``torch CSR (sparse mm)`` (a torch.sparse_csr matmul,
   the stock alternative);
+- ``sparse_mlp``: LeNet-300-100's three layers at 90 % in one call of the fused op (what
+  slimkit's runtime lowers a Linear/ReLU run to) against three ``sparse_linear`` calls
+  and the dense three ``F.linear``;
 - ``end to end``: LeNet-300-100 (input 1x28x28) and VGG-11 at width 0.5 (1x28x28, 10
   classes: the MNIST model of docs/BENCHMARKS.md) with every conv and linear weight
   magnitude-pruned to 90 % (layer-wise, random init: speed depends on the sparsity
@@ -92,6 +95,48 @@ def _op_rows(batch: int, sparsities, quick: bool) -> list[dict]:
     return rows
 
 
+def _mlp_rows(batch: int, quick: bool) -> list[dict]:
+    """sparse_mlp: LeNet-300-100's three layers at 90 % in one call, against the same three
+    sparse_linear calls with ReLU between them, and the dense three F.linear."""
+    import torch
+    import torch.nn.functional as F
+
+    from slimkit.bench._common import native_note
+    from slimkit.bench.timing import interleaved_times
+    from slimkit.ops.linear import SparseLinearWeight
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(300, 784), (100, 300), (10, 100)]
+    ws = [torch.randn(o, i, generator=gen) for o, i in shapes]
+    ws = [w * (w.abs() > w.abs().flatten().kthvalue(int(w.numel() * 0.9)).values) for w in ws]
+    bs = [torch.randn(o, generator=gen) for o, _ in shapes]
+    sws = [SparseLinearWeight.from_dense(w, min_sparsity=0.0) for w in ws]
+    x = torch.randn(batch, 784, generator=gen)
+    ok, why = native_note(x, "slimkit::sparse_mlp")
+    if not ok:
+        return [_row("sparse_mlp", "LeNet-300-100 90% fp32", "native", batch, 0.9, [float("nan")], 1.0, note=why)]
+    none = torch.empty(0)
+    args = ([s.row_ptr for s in sws], [s.col_idx for s in sws], [s.values for s in sws], [none] * 3,
+            [v for o, i in shapes for v in (o, i)], bs, [1, 1, 0])
+    op = torch.ops.slimkit.sparse_linear.default
+
+    def chained():
+        h = op(x, sws[0].row_ptr, sws[0].col_idx, sws[0].values, [300, 784], bs[0]).relu_()
+        h = op(h, sws[1].row_ptr, sws[1].col_idx, sws[1].values, [100, 300], bs[1]).relu_()
+        return op(h, sws[2].row_ptr, sws[2].col_idx, sws[2].values, [10, 100], bs[2])
+
+    def dense():
+        return F.linear(F.linear(F.linear(x, ws[0], bs[0]).relu_(), ws[1], bs[1]).relu_(), ws[2], bs[2])
+
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.ops.slimkit.sparse_mlp(x, *args), dense(), rtol=1e-4, atol=1e-4)
+        fns = {"native sparse_mlp (one call)": lambda: torch.ops.slimkit.sparse_mlp(x, *args),
+               "3 sparse_linear calls": chained, "dense F.linear x3": dense}
+        samples = interleaved_times(fns, warmup=3 if quick else 20, repeats=5 if quick else 201)
+    base = statistics.median(samples["dense F.linear x3"])
+    return [_row("sparse_mlp", "LeNet-300-100 90% fp32", impl, batch, 0.9, s, base) for impl, s in samples.items()]
+
+
 def _model_rows(name: str, build, batches, quick: bool) -> list[dict]:
     import copy
 
@@ -132,6 +177,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for batch in ((1,) if quick else (1, 64)):
         rows += _op_rows(batch, sparsities, quick)
+        rows += _mlp_rows(batch, quick)
     batches = (1,) if quick else (1, 64)
     rows += _model_rows("LeNet-300-100", lambda: lenet300((1, 28, 28), 10, seed=0), batches, quick)
     if not quick:
