@@ -62,6 +62,7 @@ def _kd(quick: bool) -> list[dict]:
 def _gmm(quick: bool) -> list[dict]:
     import torch
 
+    from slimkit.bench.gmm import forward_backward
     from slimkit.bench.timing import bench_case
     from slimkit.ops.gmm import gmm_prior, gmm_prior_reference
 
@@ -74,12 +75,8 @@ def _gmm(quick: bool) -> list[dict]:
                   torch.full((K,), -7.0, device="cuda").requires_grad_(),
                   torch.zeros(K, device="cuda").requires_grad_())
 
-        def step(fn):
-            def run():
-                for p in params:
-                    p.grad = None
-                fn(*params).backward()
-            return run
+        def step(fn, params=params):
+            return forward_backward(fn, params)
 
         ok, why = native_note(params[0], "slimkit::gmm_prior_forward")
         fns = {"native": step(gmm_prior) if ok else None, "eager": step(gmm_prior_reference)}

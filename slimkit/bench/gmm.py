@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from slimkit.bench._common import compiled, native_note
 
-__all__ = ["run", "SIZES", "QUICK_SIZES", "K"]
+__all__ = ["run", "forward_backward", "SIZES", "QUICK_SIZES", "K"]
 
 SIZES = [1_300_000, 25_000_000]
 QUICK_SIZES = [100_000]
 K = 16
+
+
+def forward_backward(fn, params):
+    """A callable running one forward + backward of ``fn(*params)``, gradients dropped first."""
+    def run():
+        for p in params:
+            p.grad = None
+        fn(*params).backward()
+    return run
 
 
 def _case(N: int, quick: bool) -> list[dict]:
@@ -31,11 +40,7 @@ def _case(N: int, quick: bool) -> list[dict]:
     params = (weights, means, log_vars, mix_logits)
 
     def step(fn):
-        def run():
-            for p in params:
-                p.grad = None
-            fn(*params).backward()
-        return run
+        return forward_backward(fn, params)
 
     native_ok, why = native_note(weights, "slimkit::gmm_prior_forward")
     fns = {"native": step(gmm_prior) if native_ok else None, "eager": step(gmm_prior_reference)}
