@@ -263,7 +263,30 @@ CLI_CASES = [
     Case("run-missing-model", ["run", "{ws}/none.slim"], ("does not exist",)),
     Case("sweep-missing-grid", ["sweep", "{ws}/none.toml"], ("none.toml",)),
     Case("sweep-bad-grid", ["sweep", "{ws}/g.toml"], ("g.toml",), setup=lambda ws: write(ws / "g.toml", "model = 3\n")),
-]
+    Case("model-python-unsavable-graph", ["compress", "--model", f"python:{__name__}:OffAllowlist", "--epochs", "1", *W],
+         ("fx node 'off_allowlist_gate'", "allowlist")),
+    Case("bench-kernels-unknown-device", ["bench", "kernels", "--device", "tpu", "--quick"], ("--device", "cpu or cuda")),
+] + ([] if torch.cuda.is_available() else [
+    Case("bench-kernels-cuda-without-gpu", ["bench", "kernels", "--device", "cuda", "--quick"], ("no CUDA device",)),
+])
+
+
+def off_allowlist_gate(x):
+    return x * (x > 0)
+
+
+torch.fx.wrap("off_allowlist_gate")  # fx records the call itself: a function a .slim graph may not name
+
+
+class OffAllowlist(torch.nn.Module):
+    """A user model slimkit cannot save as a graph: it must be refused before any training."""
+
+    def __init__(self, input_shape=None, num_classes=10):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.fc(off_allowlist_gate(torch.flatten(x, 1)))
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
@@ -321,6 +344,10 @@ KERNEL_CASES = {
         torch.randn(2, 5), *_csr(3, 5, bad_col=True), [3, 5], None),
     "sparse-linear-int-input": lambda ops: torch.ops.slimkit.sparse_linear(
         torch.ones(2, 5, dtype=torch.int32), *_csr(3, 5), [3, 5], None),
+    "sparse-mlp-wrong-features": lambda ops: torch.ops.slimkit.sparse_mlp(
+        torch.randn(2, 7), *[[t] for t in _csr(3, 5)], [torch.empty(0)], [3, 5], [torch.empty(0)], [1]),
+    "sparse-mlp-lists-of-other-lengths": lambda ops: torch.ops.slimkit.sparse_mlp(
+        torch.randn(2, 5), *[[t] for t in _csr(3, 5)], [torch.empty(0)], [3, 5, 2, 3], [torch.empty(0)], [1, 0]),
 }
 
 
