@@ -128,11 +128,7 @@ def _relu_in_place(gm: fx.GraphModule, producer: fx.Node) -> bool:
     if len(producer.users) != 1:
         return False
     user = next(iter(producer.users))
-    modules = dict(gm.named_modules())
-    is_relu = ((user.op == "call_module" and type(modules.get(user.target)) in _RELUS)
-               or (user.op == "call_function" and user.target in _RELU_FUNCS and not user.kwargs.get("inplace"))
-               or (user.op == "call_method" and user.target == "relu"))
-    if not is_relu or user.args[0] is not producer:
+    if not _is_relu(dict(gm.named_modules()), user) or user.kwargs.get("inplace") or user.args[0] is not producer:
         return False
     with gm.graph.inserting_before(user):
         new = gm.graph.call_function(torch.relu_, (producer,))
@@ -250,6 +246,7 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
     from slimkit.nn.sparse import SparseConv2d
     from slimkit.nn.sparse import CSRLayer
 
+    from slimkit.ops import backend as ops_backend
     from slimkit.runtime.pool import fast_max_pools
     from slimkit.runtime.single_pixel import convs_on_single_pixels
 
@@ -260,8 +257,7 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
         ShapeProp(gm).propagate(example)
     modules = dict(gm.named_modules())
     plans: list[LayerPlan] = []
-    if native and torch._C._dispatch_has_kernel_for_dispatch_key("slimkit::sparse_mlp", "CPU") \
-            and example.device.type == "cpu":
+    if native and ops_backend.use_native(example, "slimkit::sparse_mlp"):
         for i, chain in enumerate(_fc_chains(gm, modules)):
             plans += _fuse_fc_chain(gm, modules, chain, i)
     index = 0
