@@ -14,7 +14,7 @@ Component 0 is fixed at ``mu_0 = 0`` with a fixed, large mixing proportion ``pi_
 (``pi_zero``, 0.999); the other ``J - 1`` components (``components`` J = 32 in all by
 default, twice the paper's 16: with 16, LeNet-5 on digits lost 1.95 / 6.41 / 3.62 points
 over seeds 0-2 once snapped, one learned component holding hundreds of weights it could
-not gather; with 32, 0.56 / 0.55 / 1.11, for files 3-5 % larger; docs/BENCHMARKS.md)
+not gather; with 32, 0.56 / 0.55 / 1.11, for files 1-4 % larger; docs/BENCHMARKS.md)
 learn their means (initialised evenly over the weights' range), log-variances
 (every component starts with the standard deviation of the incoming weights, or
 ``init_std``) and mixing proportions (softmax of free logits, sharing
