@@ -481,6 +481,8 @@ def bench_kernels(
 @bench_app.command("models")
 def bench_models(
     model: List[str] = typer.Option(..., "--model", help="NAME=FILE.slim (repeat); or a .slim file."),
+    baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="NAME=BASELINE.slim: also time ONNX Runtime "
+                                                 "on the uncompressed model NAME was made from (repeat)."),
     threads: List[int] = typer.Option([1, 2], "--threads", help="Intra-op threads (repeat)."),
     batch: List[int] = typer.Option([1, 64], "--batch", help="Batch sizes (repeat)."),
     rounds: int = typer.Option(15, help="Interleaved timed rounds per cell."),
@@ -495,6 +497,13 @@ def bench_models(
     for item in model:
         name, sep, path = item.partition("=")
         pairs.append((name, path) if sep else (Path(item).stem, item))
+    baselines = {}
+    for item in baseline or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in dict(pairs):
+            raise UserError(f"--baseline {item!r} is invalid: expected NAME=BASELINE.slim with NAME one of the "
+                            f"--model names ({', '.join(n for n, _ in pairs)})")
+        baselines[name] = path
     chosen = [c.strip() for c in candidates.split(",") if c.strip()]
     bad = [c for c in chosen if c not in BACKENDS]
     if bad or not chosen:
@@ -502,7 +511,8 @@ def bench_models(
     for flag, values in (("--threads", threads), ("--batch", batch), ("--rounds", [rounds])):
         if any(v < 1 for v in values):
             raise UserError(f"{flag} must be >= 1")
-    result = models_command(pairs, threads=threads, batches=batch, rounds=rounds, candidates=chosen)
+    result = models_command(pairs, threads=threads, batches=batch, rounds=rounds, candidates=chosen,
+                            baselines=baselines)
     if as_json:
         print(json.dumps(result, default=str))
     else:

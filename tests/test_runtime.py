@@ -354,13 +354,25 @@ def test_bench_models_checks_and_times_every_column(slim_file):
     from slimkit.bench.models import COLUMNS, models_command
 
     path, _ = slim_file
-    result = models_command([("lenet5", str(path))], threads=(1,), batches=(2,), rounds=2, candidates=("eager",))
+    result = models_command([("lenet5", str(path))], threads=(1,), batches=(2,), rounds=2, candidates=("eager",),
+                            baselines={"lenet5": str(path)})
     (row,) = result["rows"]
     assert row["model"] == "lenet5" and row["batch"] == 2 and abs(row["sparsity"] - 0.9) < 0.02
     for name in COLUMNS:
         col = row["columns"][name]
         assert col["median_ms"] > 0 and col["max_rel_error"] <= 1e-4, (name, col)
-    assert row["runtime_vs_ort"] == row["columns"]["ort dense"]["median_ms"] / row["columns"]["runtime"]["median_ms"]
+    cols = {k: c["median_ms"] for k, c in row["columns"].items()}
+    assert row["runtime_vs_ort"] == cols["ort dense"] / cols["runtime"]
+    assert row["ort_vs_ort_baseline"] == cols["ort baseline"] / cols["ort dense"]
+    assert row["runtime_vs_ort_baseline"] == cols["ort baseline"] / cols["runtime"]
+
+
+def test_bench_models_baseline_must_name_a_model(tmp_path, capsys):
+    from conftest import cli
+
+    assert cli("bench", "models", "--model", f"a={tmp_path / 'a.slim'}", "--baseline", f"b={tmp_path / 'b.slim'}") == 2
+    err = capsys.readouterr().err
+    assert "--baseline 'b=" in err and "--model names (a)" in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- convs on 1x1 planes

@@ -15,7 +15,13 @@ enough (>= ~5 ms) to be above timer noise; medians and interquartile ranges per 
 * ``runtime dense``: slimkit's runtime (:mod:`slimkit.runtime`) on the dense model, which
   separates what the graph (frozen, BatchNorm folded, oneDNN) brings from what sparsity does;
 * ``runtime``: slimkit's runtime on the compressed model as stored (CSR layers on
-  slimkit's kernels), its backend chosen by measurement among ``candidates``.
+  slimkit's kernels), its backend chosen by measurement among ``candidates``;
+* ``ort baseline``: with a baseline file given for the model (``NAME=FILE.slim`` plus
+  ``--baseline NAME=BASELINE.slim``), ONNX Runtime on the uncompressed model: what a user
+  deploys without slimkit. For a filter-pruned model, ``ort baseline / ort dense`` is the
+  speed-up structured pruning gives inside ONNX Runtime, and ``ort baseline / runtime``
+  slimkit's runtime against the uncompressed model there. Its output is checked against
+  the baseline's own eager output (the weights differ from the compressed model's).
 
 Every column's output is checked against eager before it is timed. The machine, its
 load average before and after, and the runtime's choices go into the result.
@@ -32,7 +38,7 @@ import torch
 
 __all__ = ["COLUMNS", "models_command"]
 
-COLUMNS = ("eager dense", "compile dense", "ort dense", "runtime dense", "runtime")
+COLUMNS = ("eager dense", "compile dense", "ort dense", "runtime dense", "runtime", "ort baseline")
 MIN_SAMPLE_MS = 5.0
 
 
@@ -89,6 +95,17 @@ def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates)
         info = runtime.prepare(batch)
         notes[column] = info["backend"] + (" (recorded)" if info["choice"].get("cached") else "")
         fns[column] = (lambda r=runtime: r(x))
+    wants = {}
+    base = entry.get("baseline")
+    if base is not None:
+        with torch.no_grad():
+            wants["ort baseline"] = base(x)
+        session, note = _ort_session(base, entry["shape"], threads, workdir, entry["name"] + "-baseline") if (
+            ("ort baseline", threads) not in entry) else entry[("ort baseline", threads)]
+        entry[("ort baseline", threads)] = (session, note)
+        notes["ort baseline"] = note
+        fns["ort baseline"] = (lambda s=session, feed={session.get_inputs()[0].name: x.numpy()}: s.run(None, feed)
+                               ) if session is not None else None
     checks = {}
     with torch.no_grad():
         for name, fn in fns.items():
@@ -96,7 +113,7 @@ def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates)
                 continue
             got = fn()
             got = torch.from_numpy(got[0]) if isinstance(got, list) else got
-            ok, err = outputs_match(got, want)
+            ok, err = outputs_match(got, wants.get(name, want))
             checks[name] = err
             if not ok:
                 notes[name] = f"output differs from eager (rel. error {err:.2g}); not timed"
@@ -122,7 +139,7 @@ def _time(fns: dict, rounds: int) -> dict[str, list[float]]:
     return {k: [v / loops[k] for v in s] for k, s in samples.items()}
 
 
-def _load(name: str, path: str, candidates) -> dict:
+def _load(name: str, path: str, candidates, baseline: str | None = None) -> dict:
     from slimkit import storage
     from slimkit.errors import UserError
     from slimkit.export import dense_model
@@ -135,7 +152,14 @@ def _load(name: str, path: str, candidates) -> dict:
         raise UserError(f"{path} records no input_shape")
     model = loaded.model.eval()
     dense = dense_model(model)
-    return {"name": name, "path": path, "shape": shape, "model": model, "dense": dense,
+    base = None
+    if baseline is not None:
+        base_loaded = storage.load_model(baseline, get_registry())
+        if list(base_loaded.header.get("input_shape") or []) != list(shape):
+            raise UserError(f"--baseline {baseline}: input shape {base_loaded.header.get('input_shape')} is not "
+                            f"{name}'s {shape}; give the baseline the compressed model was made from")
+        base = dense_model(base_loaded.model.eval())
+    return {"name": name, "path": path, "shape": shape, "model": model, "dense": dense, "baseline": base,
             "runtime": RuntimeModel(model, shape, candidates=candidates),
             "runtime_dense": RuntimeModel(dense, shape, candidates=candidates),
             "sparsity": _sparsity(model)}
@@ -148,13 +172,14 @@ def _sparsity(model) -> float:
 
 
 def models_command(models: list[tuple[str, str]], *, threads=(1, 2), batches=(1, 64), rounds: int = 15,
-                   candidates=("jit", "freeze", "eager")) -> dict[str, Any]:
-    """Benchmark each (name, .slim path); returns ``{"machine", "load_before", "load_after", "rows"}``."""
+                   candidates=("jit", "freeze", "eager"), baselines: dict[str, str] | None = None) -> dict[str, Any]:
+    """Benchmark each (name, .slim path), with ``baselines`` ``{name: uncompressed .slim}`` where given;
+    returns ``{"machine", "load_before", "load_after", "rows"}``."""
     from slimkit.bench import _machine
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
-    entries = [_load(name, path, candidates) for name, path in models]
+    entries = [_load(name, path, candidates, (baselines or {}).get(name)) for name, path in models]
     previous_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         try:
@@ -187,8 +212,11 @@ def _row(entry: dict, threads: int, batch: int, samples: dict, extra: dict) -> d
         c["speedup_vs_eager"] = base / c["median_ms"] if base and c["median_ms"] else None
     ort = cols["ort dense"]["median_ms"]
     runtime = cols["runtime"]["median_ms"]
+    ort_base = cols["ort baseline"]["median_ms"]
     return {"model": entry["name"], "sparsity": entry["sparsity"], "threads": threads, "batch": batch,
-            "columns": cols, "runtime_vs_ort": ort / runtime if ort and runtime else None}
+            "columns": cols, "runtime_vs_ort": ort / runtime if ort and runtime else None,
+            "ort_vs_ort_baseline": ort_base / ort if ort and ort_base else None,
+            "runtime_vs_ort_baseline": ort_base / runtime if runtime and ort_base else None}
 
 
 def print_models(result: dict, console) -> None:
@@ -201,20 +229,23 @@ def print_models(result: dict, console) -> None:
              f"{load[0][0]:.1f} before / {load[1][0]:.1f} after" if load[0] else "slimkit bench models")
     table = Table(title=title, caption="median ms per call (IQR), x = speed-up over eager dense; "
                                        "runtime/ort > 1 means slimkit's runtime is faster than ONNX Runtime dense")
-    for col in ("model", "threads", "batch", *COLUMNS, "runtime/ort"):
+    with_base = any(r["columns"]["ort baseline"]["median_ms"] for r in result["rows"])
+    columns = COLUMNS if with_base else COLUMNS[:-1]
+    for col in ("model", "threads", "batch", *columns, "runtime/ort", *(("ort baseline/ort",) if with_base else ())):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in result["rows"]:
         cells = []
-        for name in COLUMNS:
+        for name in columns:
             c = r["columns"][name]
             cells.append("-" if c["median_ms"] is None else
                          f"{c['median_ms']:.3f} ({c['iqr_ms']:.3f}) {c['speedup_vs_eager']:.2f}x")
-        ratio = "-" if r["runtime_vs_ort"] is None else f"{r['runtime_vs_ort']:.2f}"
-        table.add_row(f"{r['model']} ({r['sparsity']:.0%} sparse)", str(r["threads"]), str(r["batch"]), *cells, ratio)
+        ratios = [r["runtime_vs_ort"]] + ([r["ort_vs_ort_baseline"]] if with_base else [])
+        table.add_row(f"{r['model']} ({r['sparsity']:.0%} sparse)", str(r["threads"]), str(r["batch"]), *cells,
+                      *("-" if v is None else f"{v:.2f}" for v in ratios))
     console.width = max(console.width, 190)
     console.print(table)
     notes = {(r["model"], name, c["note"]) for r in result["rows"] for name, c in r["columns"].items()
-             if c["note"] and name in ("ort dense",)}
+             if c["note"] and name in ("ort dense", "ort baseline")}
     for model, name, note in sorted(notes):
         console.print(f"{model} {name}: {note}", markup=False)
     for r in result["rows"]:
