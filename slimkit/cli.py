@@ -280,13 +280,18 @@ def info(
     batch_size: int = typer.Option(1, min=1, help="Batch size for --latency (also added to the kernel table)."),
     runs: int = typer.Option(50, min=1, help="Timed forward passes per model for --latency."),
     warmup: int = typer.Option(10, min=0, help="Untimed forward passes per model before timing."),
+    against: Optional[Path] = typer.Option(None, "--against", help="With --latency: a baseline .slim file, timed "
+                                           "interleaved with the model (e.g. OUT/baseline.slim)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Per-layer shapes, parameters, non-zeros, MACs and bytes of a .slim model, and which kernel
     each sparse-capable layer runs at batch 1 and 64 (and --batch-size), and why."""
     from slimkit.summary import describe_model, print_description
 
-    desc = describe_model(model_file, latency=latency, batch_size=batch_size, repeats=runs, warmup=warmup)
+    if against is not None and not latency:
+        raise UserError("--against needs --latency (it times the two models interleaved)")
+    desc = describe_model(model_file, latency=latency, batch_size=batch_size, repeats=runs, warmup=warmup,
+                          against=against)
     if as_json:
         print(json.dumps(desc, indent=2))
     else:

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from slimkit import storage
 from slimkit.export import dense_model
 from slimkit.kernel_plan import REPORTED_BATCH_SIZES, kernel_plan
+from slimkit.errors import UserError
 from slimkit.measure import (LATENCY_REPEATS, LATENCY_WARMUP, dense_fp32_bytes, latency_note, measure_latency,
                              model_stats)
 from slimkit.models import count_macs
@@ -77,9 +78,16 @@ def _layer_row(name: str, module: nn.Module, header: dict, macs: dict, per_key: 
 
 
 def describe_model(path, *, latency: bool = False, batch_size: int = 1, repeats: int = LATENCY_REPEATS,
-                   warmup: int = LATENCY_WARMUP) -> dict:
+                   warmup: int = LATENCY_WARMUP, against=None) -> dict:
+    """``against``: another .slim file (the baseline) timed interleaved with this one under ``latency``."""
     registry = get_registry()
     loaded = storage.load_model(path, registry)
+    other = None
+    if against is not None:
+        other = storage.load_model(against, registry)
+        if list(other.header.get("input_shape") or []) != list(loaded.header["input_shape"]):
+            raise UserError(f"--against {against}: input shape {other.header.get('input_shape')} differs from "
+                            f"{path}'s {loaded.header['input_shape']}; give the model it was compressed from")
     model, header = loaded.model, loaded.header
     shape = tuple(header["input_shape"])
     macs = count_macs(model, shape, layers=True)
@@ -114,15 +122,21 @@ def describe_model(path, *, latency: bool = False, batch_size: int = 1, repeats:
 
     desc["engines"] = engine_advice(desc)  # which engine makes this model faster (slimkit's runtime / ONNX Runtime)
     if latency:
-        desc.update(_latency(model, shape, plan, batch_size=batch_size, repeats=repeats, warmup=warmup))
+        desc.update(_latency(model, shape, plan, batch_size=batch_size, repeats=repeats, warmup=warmup,
+                             against=other.model if other is not None else None))
+        if other is not None:
+            desc["against"] = str(other.path)
     return desc
 
 
-def _latency(model, shape, plan: dict, *, batch_size: int, repeats: int, warmup: int) -> dict:
+def _latency(model, shape, plan: dict, *, batch_size: int, repeats: int, warmup: int, against=None) -> dict:
     """The model timed alone, or, when it has sparse-capable layers, interleaved in one run with
     its dense twin (the same weights as plain Conv2d/Linear) and, for a model not converted to
-    CSR, with its --sparse-inference conversion: what the sparse path buys on this machine."""
+    CSR, with its --sparse-inference conversion: what the sparse path buys on this machine.
+    ``against`` (a baseline model) joins the same interleaved run."""
     timed = {"model": model}
+    if against is not None:
+        timed["against"] = against
     if plan:
         timed["dense"] = dense_model(model)
         if not any(isinstance(m, CSRLayer) for m in model.modules()):
@@ -142,6 +156,9 @@ def _latency(model, shape, plan: dict, *, batch_size: int, repeats: int, warmup:
         out["sparse_speedup"] = lat["dense"] / lat["model"]
     if "sparse_inference" in lat:
         out["latency_sparse_inference_ms"] = lat["sparse_inference"]
+    if "against" in lat:
+        out["latency_against_ms"] = lat["against"]
+        out["speedup_vs_against"] = lat["against"] / lat["model"]
     return out
 
 
@@ -188,6 +205,9 @@ def print_description(desc: dict, console) -> None:
         if "latency_dense_ms" in desc:
             console.print(f"dense twin (same weights as plain Conv2d/Linear): {desc['latency_dense_ms']:.3f} ms; "
                           f"speed-up of this model over it {desc['sparse_speedup']:.2f}x")
+        if "latency_against_ms" in desc:
+            console.print(f"against {desc['against']}: {desc['latency_against_ms']:.3f} ms, timed interleaved; "
+                          f"this model is {desc['speedup_vs_against']:.2f}x as fast")
         if "latency_sparse_inference_ms" in desc:
             console.print(f"converted with --sparse-inference: {desc['latency_sparse_inference_ms']:.3f} ms; "
                           f"speed-up over the dense twin "

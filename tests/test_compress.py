@@ -110,6 +110,17 @@ def test_info_bytes_add_up(run_dir):
     assert fc1["shape"] == [300, 64] and fc1["macs"] == 300 * 64 and "masked" in fc1["codec"]
 
 
+def test_info_times_the_model_against_its_baseline(run_dir, capsys):
+    from slimkit.summary import describe_model
+
+    desc = describe_model(run_dir / "model.slim", latency=True, repeats=3, warmup=1, against=run_dir / "baseline.slim")
+    ms = desc["latency"]["ms"]
+    assert set(ms) >= {"model", "against"} and desc["against"].endswith("baseline.slim")
+    assert desc["latency_against_ms"] == ms["against"] and desc["speedup_vs_against"] == ms["against"] / ms["model"]
+    assert cli("info", run_dir / "model.slim", "--against", run_dir / "baseline.slim") == 2
+    assert "--against needs --latency" in capsys.readouterr().err
+
+
 def test_recipe_equals_flags(tmp_path, run_dir):
     recipe = tmp_path / "r.toml"
     recipe.write_text('model = "lenet300"\ndata = "digits"\nbaseline_epochs = 15\nepochs = 6\n'
