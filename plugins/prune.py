@@ -73,6 +73,12 @@ AUTO_END_FRACTION = 0.7
 MIN_STEPS_DEFAULT = 600
 #: With ``lr`` unset the stage trains at this fraction of the run's base learning rate (see MagnitudePrune.apply).
 LR_FRACTION = 0.5
+#: allocation=sensitivity: optimizer steps of short-term fine-tuning given to every
+#: one-layer-pruned copy before it is measured (NetAdapt). 0 by measurement: on LeNet-300-100
+#: at 95 % (MNIST split, 3 seeds) 50, 100 or 200 steps made the chosen levels worse after the
+#: stage's training (95.52-95.58 % against 95.62 % without), since a layer pruned alone
+#: recovers far more than it does next to the others (docs/BENCHMARKS.md, issue 13 A).
+SENSITIVITY_FINETUNE_STEPS = 0
 #: Auto ``frequency``: at most this many mask updates per epoch ...
 AUTO_UPDATES_PER_EPOCH = 4
 #: ... and at least this many over the schedule when the run is long enough.
@@ -449,6 +455,10 @@ class MagnitudePrune(Method):
                choices=("uniform", "sensitivity")),
         Option("sensitivity", str, None, "allocation=sensitivity: read the sensitivity from this "
                "sensitivity.json (slimkit sensitivity --method prune) instead of measuring it"),
+        Option("sensitivity_finetune_steps", int, SENSITIVITY_FINETUNE_STEPS, "allocation=sensitivity: "
+               "fine-tune every one-layer-pruned copy for this many optimizer steps at the stage's rate "
+               "before measuring it (NetAdapt's short-term fine-tuning; 0 = accuracy right after pruning)",
+               min=0),
     ]
 
     def sensitivity_layers(self, model, opts: dict) -> dict[str, int]:
@@ -500,7 +510,8 @@ class MagnitudePrune(Method):
         extra: dict = {}
         per_layer = None
         if opts["allocation"] == "sensitivity":
-            budgets = ctx.layer_budgets(model, self, opts, sparsity, sensitivity_file=opts["sensitivity"])
+            budgets = ctx.layer_budgets(model, self, opts, sparsity, sensitivity_file=opts["sensitivity"],
+                                        finetune_steps=opts["sensitivity_finetune_steps"], finetune_lr=lr)
             per_layer = [budgets[name] for name, _ in targets]
         goal = per_layer if per_layer is not None else sparsity  # what every mask update prunes to
 

@@ -230,15 +230,18 @@ def _result(names, chosen, losses, weights, target, sens) -> dict:
             "predicted_total_loss": sum(losses.values()), "planned_fraction": removed / total if total else 0.0,
             "description": (f"Per-layer levels removing at least {target:g} of the {total:,} weights with the "
                             f"smallest summed predicted accuracy loss ({100 * sum(losses.values()):.2f} pt), "
-                            f"from one-layer sensitivity on the validation split ({sens['method']}); "
+                            f"from one-layer sensitivity on the validation split ({sens['method']}"
+                            + (f", each copy fine-tuned for {sens['finetune_steps']} steps"
+                               if sens.get("finetune_steps") else "") + "); "
                             "solved exactly as a multiple-choice knapsack.")}
 
 
 def budgets_for_stage(ctx, model, method, opts: dict, target: float, sensitivity_file: str | None,
-                      reached=None) -> dict:
+                      reached=None, *, finetune_steps: int = 0, finetune_lr: float | None = None) -> dict:
     """What :meth:`slimkit.api.StageContext.layer_budgets` does: sensitivity (measured on the
-    validation split, or read), the choice (the knapsack over weights, or with ``reached``
-    the greedy selection for another budget), and the record in the stage's report."""
+    validation split, each copy first fine-tuned for ``finetune_steps`` steps when > 0, or
+    read), the choice (the knapsack over weights, or with ``reached`` the greedy selection
+    for another budget), and the record in the stage's report."""
     from slimkit.sensitivity import analyse, candidate_layers, read_sensitivity
 
     layers = candidate_layers(method, model, opts)
@@ -246,9 +249,14 @@ def budgets_for_stage(ctx, model, method, opts: dict, target: float, sensitivity
         sens = read_sensitivity(sensitivity_file)
         source = str(sensitivity_file)
     else:
+        tuned = (f"each copy fine-tuned for {finetune_steps} steps first (NetAdapt)" if finetune_steps > 0
+                 else "no fine-tuning")
         ctx.log(f"{method.name}: measuring sensitivity of {len(layers)} layer(s) x {len(ALLOCATION_LEVELS)} "
-                "levels on the validation split (no fine-tuning)")
-        sens = analyse(model, method, opts, ALLOCATION_LEVELS, lambda net: ctx.evaluate(net, "val"), dist=ctx.dist)
+                f"levels on the validation split ({tuned})")
+        finetune = (lambda net: ctx.short_finetune(net, finetune_steps, finetune_lr)) if finetune_steps > 0 else None
+        sens = analyse(model, method, opts, ALLOCATION_LEVELS, lambda net: ctx.evaluate(net, "val"), dist=ctx.dist,
+                       finetune=finetune)
+        sens["finetune_steps"] = max(0, int(finetune_steps))
         source = "measured in this stage"
     result = allocate(sens, target, layers) if reached is None else allocate_greedy(sens, reached, list(layers))
     result["sensitivity_source"] = source

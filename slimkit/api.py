@@ -345,6 +345,12 @@ class StageContext:
         """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on ``split`` ('val' or 'test')."""
         return self._trainer.evaluate(model, self.data, split)
 
+    def short_finetune(self, model, steps: int, lr: float | None = None):
+        """``steps`` optimizer steps of training at a constant ``lr`` (None: a fifth of the base
+        rate) in place, with no evaluation or checkpoint, the same batch order every call:
+        NetAdapt's short-term fine-tuning of a proposal before it is measured."""
+        return self._trainer.short_finetune(model, self.data, steps, lr, self.optimizer)
+
     def record(self, **values) -> None:
         """Add figures to this stage's entry in report.json (JSON-serialisable values)."""
         self.results.update(values)
@@ -354,7 +360,8 @@ class StageContext:
         return self._registry.build_model(name, self.data.input_shape, self.data.num_classes, **options).to(self.device)
 
     def layer_budgets(self, model, method: "Method", opts: dict, target: float, *,
-                      sensitivity_file: str | None = None, reached=None) -> dict[str, float]:
+                      sensitivity_file: str | None = None, reached=None, finetune_steps: int = 0,
+                      finetune_lr: float | None = None) -> dict[str, float]:
         """Per-layer levels for ``method`` that remove at least ``target`` of the weights of
         its :meth:`Method.sensitivity_layers` with the least predicted accuracy loss
         (:mod:`slimkit.allocation`), from a sensitivity analysis of ``model`` on the
@@ -362,10 +369,13 @@ class StageContext:
         the sensitivity go into this stage's report as ``allocation``. With ``reached``
         (``{layer: level} -> bool``, the method's own budget such as MACs) ``target`` is not
         used: the levels are AIMET's greedy selection, the smallest per-layer loss threshold
-        whose levels meet ``reached``."""
+        whose levels meet ``reached``. ``finetune_steps`` > 0: every measured copy (and the
+        uncompressed reference) is first fine-tuned for that many steps at ``finetune_lr``
+        (:meth:`short_finetune`; NetAdapt's short-term fine-tuning)."""
         if self._budgets is None:
             raise UserError(f"stage {self.stage}: per-layer allocation is not available outside a compress run")
-        return self._budgets(self, model, method, opts, target, sensitivity_file, reached)
+        return self._budgets(self, model, method, opts, target, sensitivity_file, reached,
+                             finetune_steps=finetune_steps, finetune_lr=finetune_lr)
 
     def plot_path(self, name: str):
         """Where to write a figure; None on ranks other than 0 (only rank 0 writes files)."""

@@ -333,15 +333,20 @@ def sensitivity(
     seed: int = typer.Option(0, help="Seed of the split and the baseline."),
     batch_size: int = typer.Option(64, help="Batch size of the baseline's training."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/sensitivity-<model>-<method>)."),
+    finetune_steps: int = typer.Option(0, "--finetune-steps", min=0, help="Fine-tune each compressed copy (and the "
+                                       "reference) for this many steps before measuring it (NetAdapt); 0: none."),
+    finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", min=0.0, help="Rate of that fine-tuning "
+                                                "(default a fifth of the base rate)."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
-    """Compress each layer alone at each level (no fine-tuning), measure validation accuracy; resumable."""
+    """Compress each layer alone at each level, measure validation accuracy (optionally after a short fine-tuning); resumable."""
     from slimkit.sensitivity import parse_levels
     from slimkit.sensitivity_run import run_command
 
     result = run_command(model=model, data=data, method=method, levels=parse_levels(levels), out=out_dir,
                          set_pairs=_pairs(set_, "--set"), model_options=_model_options(model_opt),
                          baseline_epochs=baseline_epochs, seed=seed, batch_size=batch_size, quiet=quiet,
+                         finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                          log=out.print if not quiet else (lambda _m: None))
     if not quiet:
         sens = result["sensitivity"]

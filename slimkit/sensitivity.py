@@ -8,6 +8,14 @@ validation split. This is the analysis of Han et al. 2015 (Fig. 5) and Li et al.
 compression and drives the per-layer budgets of ``allocation=sensitivity``
 (:mod:`slimkit.allocation`).
 
+With ``finetune`` every copy is first given a short fine-tuning and only then evaluated:
+NetAdapt's short-term fine-tuning (T.-J. Yang et al., "NetAdapt: Platform-Aware Neural
+Network Adaptation for Mobile Applications", ECCV 2018), where each proposal (one
+layer simplified) is fine-tuned briefly before its accuracy is measured on held-out data,
+because the accuracy right after compression does not say how much of the damage training
+recovers. The uncompressed reference gets the same fine-tuning, so a drop compares like with
+like; every copy is fine-tuned on the same batches in the same order.
+
 ``slimkit sensitivity`` writes ``sensitivity.csv`` (one row per layer and level),
 ``sensitivity.json`` (the table as matrices, read back by ``--set sensitivity=FILE``)
 and ``sensitivity.svg`` (a heat map: one row per layer, readable with hundreds of
@@ -60,7 +68,7 @@ def candidate_layers(method, model, opts: dict) -> dict[str, int]:
 
 def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callable[[object], float], *,
             done: dict | None = None, on_cell: Callable[[str, float, float], None] | None = None,
-            progress=None, dist=None) -> dict:
+            progress=None, dist=None, finetune: Callable[[object], object] | None = None) -> dict:
     """Accuracy with each layer alone compressed to each level; returns the sensitivity table.
 
     ``evaluate(model) -> accuracy`` (validation split). ``done``: ``{(layer, level): accuracy}``
@@ -68,6 +76,9 @@ def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callab
     each new cell (to persist it); ``progress.advance()`` once per cell. Under torchrun
     (``dist.enabled``) the missing cells are sharded: rank ``r`` computes every
     ``world_size``-th cell from ``r`` and one all-reduce gives every rank all of them.
+    ``finetune(model)``, when given, trains each compressed copy, and a copy of the
+    uncompressed model for the baseline, in place before it is evaluated (short-term
+    fine-tuning, NetAdapt); ``model`` itself is never changed.
     """
     from slimkit import distributed
 
@@ -75,7 +86,11 @@ def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callab
     layers = candidate_layers(method, model, opts)
     baseline = done.get(("", 0.0))
     if baseline is None:
-        baseline = evaluate(model)
+        reference = model
+        if finetune is not None:
+            reference = copy.deepcopy(model)
+            finetune(reference)
+        baseline = evaluate(reference)
         if on_cell:
             on_cell("", 0.0, baseline)
     todo = [(n, lv) for n in layers for lv in levels if (n, lv) not in done]
@@ -86,6 +101,8 @@ def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callab
     own = set(mine)
     for name, level in mine:
         work = method.compress_layer(copy.deepcopy(model), name, level, opts)
+        if finetune is not None:
+            finetune(work)
         done[(name, level)] = evaluate(work)
         if on_cell:
             on_cell(name, level, done[(name, level)])
@@ -100,7 +117,8 @@ def analyse(model, method, opts: dict, levels: Sequence[float], evaluate: Callab
     return {"method": method.name, "levels": list(levels), "layers": list(layers),
             "weights": [layers[n] for n in layers], "baseline_accuracy": baseline,
             "accuracy": [[done[(n, lv)] for lv in levels] for n in layers],
-            "note": "validation accuracy with only that layer compressed to that level, no fine-tuning"}
+            "note": "validation accuracy with only that layer compressed to that level, "
+                    + ("after a short fine-tuning (NetAdapt)" if finetune else "no fine-tuning")}
 
 
 def read_sensitivity(path) -> dict:

@@ -74,9 +74,10 @@ def _baseline_id(run, cfg) -> str:
 
 def run_command(*, model: str, data: str, method: str, levels: Sequence[float], out: str | None, set_pairs,
                 model_options: dict, baseline_epochs: int, seed: int, batch_size: int, quiet: bool,
-                log: Callable[[str], None]) -> dict:
+                log: Callable[[str], None], finetune_steps: int = 0, finetune_lr: float | None = None) -> dict:
     """``slimkit sensitivity``: baseline (trained and cached like compress, or the given file),
-    then every layer x level cell not yet finished; writes the outputs into ``out``."""
+    then every layer x level cell not yet finished, each copy first fine-tuned for
+    ``finetune_steps`` steps at ``finetune_lr`` when > 0; writes the outputs into ``out``."""
     from slimkit import distributed
     from slimkit.pipeline import Run, RunConfig, assign_options
 
@@ -96,6 +97,8 @@ def run_command(*, model: str, data: str, method: str, levels: Sequence[float], 
     base_model, info = run.baseline(out_dir / ".work" / "metrics.jsonl")
     settings = {"model": model, "model_options": model_options, "data": data, "seed": seed, "method": method,
                 "options": dict(opts), "baseline": _baseline_id(run, cfg)}
+    if finetune_steps > 0:  # cells measured after another fine-tuning are not the same cells
+        settings.update(finetune_steps=finetune_steps, finetune_lr=finetune_lr, batch_size=batch_size)
     cells_path = out_dir / CELLS_FILE
     done = _load_cells(cells_path, json.loads(json.dumps(settings, default=str))) if main else {}
     done = distributed.broadcast_object(run.dist, done)
@@ -110,13 +113,15 @@ def run_command(*, model: str, data: str, method: str, levels: Sequence[float], 
     t0 = time.perf_counter()
     try:
         with run.reporter.bar("sensitivity", total) as bar:
+            finetune = (lambda net: trainer.short_finetune(net, run.bundle, finetune_steps, finetune_lr,
+                                                           cfg.optimizer)) if finetune_steps > 0 else None
             sens = analyse(base_model, m, opts, levels, lambda net: trainer.evaluate(net, run.bundle, "val"),
-                           done=done, on_cell=cell_log, progress=bar, dist=run.dist)
+                           done=done, on_cell=cell_log, progress=bar, dist=run.dist, finetune=finetune)
     finally:
         if cell_log:
             cell_log.close()
     sens.update(model=model, data=run.bundle.description, seconds=time.perf_counter() - t0,
-                cells_computed=total - finished, options=settings["options"])
+                cells_computed=total - finished, options=settings["options"], finetune_steps=finetune_steps)
     if main:
         write_outputs(out_dir, sens)
         import shutil

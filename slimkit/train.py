@@ -253,6 +253,44 @@ class Trainer:
             model.load_state_dict(best_state)
         return history
 
+    def short_finetune(self, model: nn.Module, data, steps: int, lr: float | None = None,
+                       optimizer: str = "sgd", after_step=None) -> nn.Module:
+        """``steps`` optimizer steps of cross-entropy training at a constant rate, in place: the
+        short-term fine-tuning NetAdapt (Yang et al., ECCV 2018) gives every proposal before
+        measuring it. The batch order is the run seed's (epoch 0, 1, ... of the train split),
+        the same for every model fine-tuned, so two proposals differ only in what was
+        compressed. No evaluation, checkpoint, metrics line or best-epoch restore; pruned
+        weights stay zero. ``lr`` None: the engine's fine-tuning rate. ``after_step(steps_done)``
+        is called after every step (e.g. to measure at several lengths in one pass; the model
+        is in train mode). Runs on this rank alone."""
+        if steps <= 0:
+            return model
+        if lr is None:
+            lr = (self.base_lr if self.base_lr is not None else DEFAULT_LR[optimizer]) * FINETUNE_LR_FACTOR
+        model.to(self.device).train()
+        opt = self._optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
+        done, epoch = 0, 0
+        while done < steps:
+            if data.size("train") == 0:
+                raise UserError(f"the train split of {data.name} is empty; nothing to fine-tune on")
+            for x, y in data.batches("train", self.batch_size, shuffle=True, epoch=epoch, seed=self.seed):
+                value, _ = cross_entropy_loss(model, x.to(self.device), y.to(self.device))
+                if not torch.isfinite(value):
+                    raise TrainingDiverged(f"short fine-tuning: loss became {float(value)} at step {done}; "
+                                           "try a lower learning rate")
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+                zero_pruned(model)
+                done += 1
+                if after_step is not None:
+                    after_step(done)
+                if done == steps:
+                    break
+            epoch += 1
+        model.eval()
+        return model
+
     def _forget_metrics_after(self, label: str, call: int, epoch: int) -> None:
         """On resume, drop metrics lines of epochs after the checkpoint: they run again."""
         if self.metrics_path is None or not self.dist.is_main or not self.metrics_path.exists():

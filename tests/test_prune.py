@@ -465,4 +465,4 @@ def test_plugins_register_their_methods():
         assert m.summary and m.paper and all(o.help for o in m.all_options())
     assert {o.name for o in found["prune"].all_options()} == {
         "sparsity", "schedule", "scope", "keep_first", "keep_last", "initial_sparsity", "prune_steps",
-        "frequency", "epochs", "min_steps", "lr", "allocation", "sensitivity"}
+        "frequency", "epochs", "min_steps", "lr", "allocation", "sensitivity", "sensitivity_finetune_steps"}
