@@ -353,9 +353,15 @@ def test_bench_models_checks_and_times_every_column(slim_file):
     pytest.importorskip("onnxruntime")
     from slimkit.bench.models import COLUMNS, models_command
 
+    from slimkit import storage
+    from slimkit.plugins import get_registry
+
     path, _ = slim_file
+    other = path.with_name("baseline.slim")  # other weights: each ONNX session must be checked against its own model
+    torch.manual_seed(1)
+    storage.save_model(other, lenet.lenet5(MNIST, 10), get_registry(), info={"input_shape": MNIST, "num_classes": 10})
     result = models_command([("lenet5", str(path))], threads=(1,), batches=(2,), rounds=2, candidates=("eager",),
-                            baselines={"lenet5": str(path)})
+                            baselines={"lenet5": str(other)})
     (row,) = result["rows"]
     assert row["model"] == "lenet5" and row["batch"] == 2 and abs(row["sparsity"] - 0.9) < 0.02
     for name in COLUMNS:

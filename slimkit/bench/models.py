@@ -100,12 +100,16 @@ def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates)
     if base is not None:
         with torch.no_grad():
             wants["ort baseline"] = base(x)
-        session, note = _ort_session(base, entry["shape"], threads, workdir, entry["name"] + "-baseline") if (
-            ("ort baseline", threads) not in entry) else entry[("ort baseline", threads)]
-        entry[("ort baseline", threads)] = (session, note)
-        notes["ort baseline"] = note
-        fns["ort baseline"] = (lambda s=session, feed={session.get_inputs()[0].name: x.numpy()}: s.run(None, feed)
-                               ) if session is not None else None
+        # its own names: the "ort dense" lambda above reads `session` and `feed` when it is called
+        base_session, base_note = _ort_session(base, entry["shape"], threads, workdir, entry["name"] + "-baseline") \
+            if ("ort baseline", threads) not in entry else entry[("ort baseline", threads)]
+        entry[("ort baseline", threads)] = (base_session, base_note)
+        notes["ort baseline"] = base_note
+        if base_session is not None:
+            base_feed = {base_session.get_inputs()[0].name: x.numpy()}
+            fns["ort baseline"] = lambda: base_session.run(None, base_feed)
+        else:
+            fns["ort baseline"] = None
     checks = {}
     with torch.no_grad():
         for name, fn in fns.items():
