@@ -66,6 +66,19 @@ def _ort_session(model, shape, threads: int, workdir: Path, name: str):
     return session, f"onnxruntime {ort.__version__}"
 
 
+def _ort_call(entry: dict, column: str, model, name: str, threads: int, workdir: Path, x: torch.Tensor):
+    """``(a call running ``model``'s ONNX Runtime session on ``x`` or None, the note)``; the session is made
+    once per column and thread count and kept in ``entry``."""
+    key = (column, threads)
+    if key not in entry:
+        entry[key] = _ort_session(model, entry["shape"], threads, workdir, name)
+    session, note = entry[key]
+    if session is None:
+        return None, note
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return (lambda: session.run(None, feed)), note
+
+
 def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates) -> tuple[dict, dict, torch.Tensor]:
     from slimkit.runtime.capture import example_input
     from slimkit.runtime.select import outputs_match
@@ -82,15 +95,7 @@ def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates)
         entry[key] = torch.compile(dense, dynamic=False)
     compiled = entry[key]
     fns["compile dense"] = lambda: compiled(x)
-    session, note = _ort_session(dense, entry["shape"], threads, workdir, entry["name"]) if (
-        ("ort", threads) not in entry) else entry[("ort", threads)]
-    entry[("ort", threads)] = (session, note)
-    notes["ort dense"] = note
-    if session is not None:
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        fns["ort dense"] = lambda: session.run(None, feed)
-    else:
-        fns["ort dense"] = None
+    fns["ort dense"], notes["ort dense"] = _ort_call(entry, "ort dense", dense, entry["name"], threads, workdir, x)
     for column, runtime in (("runtime dense", entry["runtime_dense"]), ("runtime", entry["runtime"])):
         info = runtime.prepare(batch)
         notes[column] = info["backend"] + (" (recorded)" if info["choice"].get("cached") else "")
@@ -100,16 +105,8 @@ def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates)
     if base is not None:
         with torch.no_grad():
             wants["ort baseline"] = base(x)
-        # its own names: the "ort dense" lambda above reads `session` and `feed` when it is called
-        base_session, base_note = _ort_session(base, entry["shape"], threads, workdir, entry["name"] + "-baseline") \
-            if ("ort baseline", threads) not in entry else entry[("ort baseline", threads)]
-        entry[("ort baseline", threads)] = (base_session, base_note)
-        notes["ort baseline"] = base_note
-        if base_session is not None:
-            base_feed = {base_session.get_inputs()[0].name: x.numpy()}
-            fns["ort baseline"] = lambda: base_session.run(None, base_feed)
-        else:
-            fns["ort baseline"] = None
+        fns["ort baseline"], notes["ort baseline"] = _ort_call(entry, "ort baseline", base, entry["name"] + "-baseline",
+                                                               threads, workdir, x)
     checks = {}
     with torch.no_grad():
         for name, fn in fns.items():
