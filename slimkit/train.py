@@ -78,6 +78,12 @@ class Trainer:
         return correct / total
 
     # ------------------------------------------------------------------ training
+    def _default_lr(self, optimizer: str, *, fine_tune: bool) -> float:
+        """The rate when none is given: the run's base rate (or the optimizer's default), a fifth of it
+        for training that starts from a trained network."""
+        base = self.base_lr if self.base_lr is not None else DEFAULT_LR[optimizer]
+        return base * FINETUNE_LR_FACTOR if fine_tune else base
+
     def _optimizer(self, name: str, params, lr: float):
         if name == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -98,8 +104,7 @@ class Trainer:
         self._calls[label] = call + 1
         key = f"{label}-{call}"
         if lr is None:
-            base = self.base_lr if self.base_lr is not None else DEFAULT_LR[optimizer]
-            lr = base if label == "baseline" else base * FINETUNE_LR_FACTOR
+            lr = self._default_lr(optimizer, fine_tune=label != "baseline")
         epochs = int(epochs)
         if epochs < 0:
             raise UserError(f"epochs must be >= 0, got {epochs}")
@@ -248,13 +253,13 @@ class Trainer:
         if steps <= 0:
             return model
         if lr is None:
-            lr = (self.base_lr if self.base_lr is not None else DEFAULT_LR[optimizer]) * FINETUNE_LR_FACTOR
+            lr = self._default_lr(optimizer, fine_tune=True)
+        if data.size("train") == 0:
+            raise UserError(f"the train split of {data.name} is empty; nothing to fine-tune on")
         model.to(self.device).train()
         opt = self._optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
         done, epoch = 0, 0
         while done < steps:
-            if data.size("train") == 0:
-                raise UserError(f"the train split of {data.name} is empty; nothing to fine-tune on")
             for x, y in data.batches("train", self.batch_size, shuffle=True, epoch=epoch, seed=self.seed):
                 value, _ = cross_entropy_loss(model, x.to(self.device), y.to(self.device))
                 if not torch.isfinite(value):
