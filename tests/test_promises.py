@@ -106,6 +106,18 @@ def _tiny_slim(ws: Path) -> Path:
     return path
 
 
+def _two_slims_other_shapes(ws: Path) -> None:
+    """m.slim for 1x8x8 inputs and o.slim for 1x28x28: not a model and its baseline."""
+    from slimkit import storage
+    from slimkit.plugins import get_registry
+
+    _tiny_slim(ws)
+    reg = get_registry()
+    info = {"model": "lenet300", "input_shape": [1, 28, 28], "num_classes": 10,
+            "data": {"name": "mnist", "description": "mnist", "mean": [0.0], "std": [1.0]}}
+    storage.save_model(ws / "o.slim", reg.build_model("lenet300", (1, 28, 28), 10), reg, info=info)
+
+
 def _corrupt_slim(how: str):
     def setup(ws: Path):
         path = _tiny_slim(ws)
@@ -266,6 +278,19 @@ CLI_CASES = [
     Case("model-python-unsavable-graph", ["compress", "--model", f"python:{__name__}:OffAllowlist", "--epochs", "1", *W],
          ("fx node 'off_allowlist_gate'", "allowlist")),
     Case("bench-kernels-unknown-device", ["bench", "kernels", "--device", "tpu", "--quick"], ("--device", "cpu or cuda")),
+    Case("info-against-without-latency", ["info", "{ws}/m.slim", "--against", "{ws}/m.slim"],
+         ("--against needs --latency",), setup=_tiny_slim),
+    Case("info-against-other-shape", ["info", "{ws}/m.slim", "--latency", "--against", "{ws}/o.slim"],
+         ("--against", "input shape", "[1, 28, 28]"), setup=_two_slims_other_shapes),
+    Case("info-against-missing", ["info", "{ws}/m.slim", "--latency", "--against", "{ws}/none.slim"],
+         ("does not exist",), setup=_tiny_slim),
+    Case("bench-models-baseline-unknown-name", ["bench", "models", "--model", "a={ws}/m.slim", "--baseline",
+                                                "b={ws}/m.slim"], ("--baseline 'b=", "--model names (a)"), setup=_tiny_slim),
+    Case("bench-models-baseline-other-shape", ["bench", "models", "--model", "a={ws}/m.slim", "--baseline",
+                                               "a={ws}/o.slim", "--threads", "1", "--batch", "1", "--rounds", "1"],
+         ("--baseline", "input shape"), setup=_two_slims_other_shapes),
+    Case("sensitivity-negative-finetune-steps", ["sensitivity", "--finetune-steps", "-1", "--out", "{ws}/s"],
+         ("--finetune-steps",)),
 ] + ([] if torch.cuda.is_available() else [
     Case("bench-kernels-cuda-without-gpu", ["bench", "kernels", "--device", "cuda", "--quick"], ("no CUDA device",)),
 ])
