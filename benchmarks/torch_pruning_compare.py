@@ -324,9 +324,11 @@ def run_tool(tool, model, model_options, args, seed, importance, scope):
     if "torch-pruning" not in registry.methods:
         registry.methods["torch-pruning"] = Registered("torch-pruning", make_tp_method(), "", "benchmark")
     method = "filter-prune" if tool == "slimkit" else "torch-pruning"
-    out = Path(args.out) / f"{model}-{importance}-{scope}-s{seed}-{tool}"
+    extra = dict(kv.split("=", 1) for kv in args.sk_set.split(",") if kv) if tool == "slimkit" else {}
+    tag = "".join(f"-{k}={v}" for k, v in extra.items())
+    out = Path(args.out) / f"{model}-{importance}-{scope}-s{seed}-{tool}{tag}"
     cfg = RunConfig(model=model, model_options=model_options, data=args.data, methods=[method],
-                    options={method: {"macs": args.macs, "importance": importance, "scope": scope}},
+                    options={method: {"macs": args.macs, "importance": importance, "scope": scope, **extra}},
                     epochs=args.epochs, baseline_epochs=args.baseline_epochs, seed=seed, quiet=True, latency=False,
                     optimizer=args.optimizer, lr=args.lr,
                     out=str(out))
@@ -372,7 +374,7 @@ def finetune(args) -> None:
             for scope in args.scope.split(","):
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     results = [run_tool(t, model, opts_of.get(model, {}), args, seed, importance, scope)
-                               for t in ("slimkit", "torch-pruning")]
+                               for t in args.tools.split(",")]
                     ok = [r for r in results if "report" in r]
                     rep = ok[0]["report"] if ok else None
                     shape = None
@@ -385,6 +387,8 @@ def finetune(args) -> None:
                            "data": rep["dataset"]["description"] if rep else args.data,
                            "baseline_acc": rep["baseline"]["accuracy"] if rep else None,
                            "baseline": stats.get("baseline")}
+                    if args.sk_set:
+                        row["slimkit_options"] = args.sk_set
                     for r in results:
                         row[r["tool"]] = {"error": r["error"]} if "error" in r else {
                             "acc": r["report"]["final"]["accuracy"], **stats[r["tool"]],
@@ -403,7 +407,8 @@ def finetune(args) -> None:
     print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         b = r["baseline"] or {}
-        cells = [("baseline", {"acc": r["baseline_acc"], **b})] + [(t, r[t]) for t in ("slimkit", "torch-pruning")]
+        cells = [("baseline", {"acc": r["baseline_acc"], **b})] + [(t, r[t]) for t in ("slimkit", "torch-pruning")
+                                                                    if t in r]
         for tool, c in cells:
             if "error" in c:
                 line = [tool, c["error"], "", "", "", ""]
@@ -437,9 +442,10 @@ def table(args) -> None:
     cells: dict = {}
     for r in rows:
         for tool in ("baseline", "slimkit", "torch-pruning"):
-            c = {"acc": r["baseline_acc"], **(r["baseline"] or {})} if tool == "baseline" else r[tool]
-            if "error" not in c:
-                cells.setdefault((r["model"], r["importance"], r["scope"], tool), []).append(c)
+            c = {"acc": r["baseline_acc"], **(r["baseline"] or {})} if tool == "baseline" else r.get(tool)
+            if c is not None and "error" not in c:
+                label = f"{tool} ({r['slimkit_options']})" if tool == "slimkit" and r.get("slimkit_options") else tool
+                cells.setdefault((r["model"], r["importance"], r["scope"], label), []).append(c)
     print("| model | importance | scope | tool | seeds | test acc. (mean +- sd) | params | MACs | batch-1 ms | "
           "batch-64 ms |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -470,6 +476,8 @@ def main():
     b.add_argument("--lr", type=float, default=None, help="base learning rate (default: the optimizer's)")
     b.add_argument("--repeats", type=int, default=40, help="timed batch-1 rounds (batch 64: a quarter)")
     b.add_argument("--out", default="runs/tp-compare")
+    b.add_argument("--tools", default="slimkit,torch-pruning", help="which of the two to run")
+    b.add_argument("--sk-set", default="", help="more filter-prune options, e.g. norm_over=filters")
     b.add_argument("--json", default="")
     d = sub.add_parser("latency", help="re-time finished finetune runs, interleaved, more rounds")
     d.add_argument("runs", nargs="+", help="OUT/MODEL-IMPORTANCE-SCOPE-sSEED (without -slimkit/-torch-pruning)")
