@@ -19,7 +19,7 @@ back, latency at batch 1 and 64 is measured interleaved with the baseline (media
     python benchmarks/torch_pruning_compare.py corpus
     python benchmarks/torch_pruning_compare.py finetune --models resnet20,mobilenetv2,vit --baseline-epochs 10 \\
         --epochs 3 [--scope global] [--optimizer adam] [--data mnist:/work/shared/data/mnist] [--seeds 0,1,2] \\
-        --json out.json
+        --json out.json [--tools slimkit] [--sk-set norm_over=filters]  # one tool; more filter-prune options
     python benchmarks/torch_pruning_compare.py table out.json ...       # mean over seeds
     python benchmarks/torch_pruning_compare.py latency runs/tp-compare/resnet20-l1-per-layer-s0   # re-time files
 """

@@ -75,7 +75,7 @@ __all__ = ["FilterPrune", "filters_to_remove", "group_names", "importance_scores
 
 IMPORTANCES = ("l1", "l2", "bn-scale", "taylor", "random")
 SCOPES = ("per-layer", "global")
-NORM_OVER = ("group", "filters")
+NORM_OVER = ("group", "group-all", "filters")
 # What a group-norm score reads: every weight that holds the atom. Biases and normalisation shifts are left
 # out (as DepGraph's group magnitude does by default): they are offsets, one number per channel, which say
 # where an activation sits, not how much of the input it carries, and they are not on the scale of a k x k x C
@@ -120,16 +120,25 @@ def _other_dims(t: torch.Tensor, d: int):
     return [k for k in range(t.dim()) if k != d]
 
 
+def _depthwise_weights(model: nn.Module) -> set:
+    """ids of the weights of depthwise convs (every filter reads one input channel)."""
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels}
+
+
 def _norm_scores(graph, power: int, over: str = "group") -> dict:
     """``over="filters"``: the L1 / L2 norm of the atom's output rows, summed over its producers (Li et al.).
-    ``over="group"``: DepGraph's group magnitude, the mean over every weight tensor of the group that holds the
-    atom (producers' output rows, consumers' input columns, normalisation scales, directly used tensors) of
-    the L1 norm / squared L2 norm of the atom's slice in it."""
+    ``over="group-all"``: DepGraph's group magnitude, the mean over every weight tensor of the group that holds
+    the atom (producers' output rows, consumers' input columns, normalisation scales, directly used tensors) of
+    the L1 norm / squared L2 norm of the atom's slice in it; ``over="group"``: the same without depthwise
+    filters (as Torch-Pruning scores; see the module docstring)."""
     def entry(t, d):
         a = t.abs().double() if power == 1 else t.double().pow(2)
         return a.sum(dim=_other_dims(t, d)) if t.dim() > 1 else a
-    if over == "group":
-        return atom_scores(graph, entry, roles=_GROUP_ROLES, mean=True)
+    if over in ("group", "group-all"):
+        skip = _depthwise_weights(graph.model) if over == "group" else set()
+        return atom_scores(graph, entry, roles=_GROUP_ROLES, mean=True,
+                           tensor_of=lambda rec: None if id(rec.tensor) in skip else rec.tensor.detach())
     if over != "filters":
         raise ValueError(f"unknown norm_over {over!r}")
     scores = atom_scores(graph, entry, roles=("out",))
@@ -346,9 +355,10 @@ class FilterPrune(Method):
                min=0.05, max=1.0),
         Option("importance", str, "l1", "channel importance: l1 / l2 weight norm (norm_over), bn-scale |gamma| "
                "(Network Slimming), taylor first order (Molchanov et al. 2019), random", choices=IMPORTANCES),
-        Option("norm_over", str, "group", "l1 / l2: the weights scored, group = every weight tensor holding the "
-               "channel, reduced by their mean (DepGraph's group magnitude: output rows, input columns of the "
-               "consumers, BatchNorm scales; squared L2), filters = the producers' output rows only (Li et al.)",
+        Option("norm_over", str, "group", "l1 / l2: the weights scored. group = every weight tensor holding the "
+               "channel except depthwise filters, reduced by their mean (DepGraph's group magnitude as "
+               "Torch-Pruning computes it: output rows, consumers' input columns, BatchNorm scales; squared "
+               "L2); group-all = with depthwise filters; filters = the producers' output rows only (Li et al.)",
                choices=NORM_OVER),
         Option("scope", str, "per-layer", "rank channels within each group (per-layer) or across all (global)",
                choices=SCOPES),

@@ -117,6 +117,30 @@ def test_group_norm_is_the_mean_over_the_groups_weights():
     assert torch.equal(removed.fc1.weight, graph.model.fc1.weight[[0, 2]])  # unit 1 scores least
 
 
+def test_group_norm_leaves_depthwise_filters_out_unless_group_all():
+    """expand (1x1) -> BN -> depthwise -> BN -> project (1x1): one group of two channels, five tensors each;
+    ``group`` averages four (not the depthwise filter, as Torch-Pruning), ``group-all`` all five."""
+    def conv(cin, cout, w, groups=1):
+        c = nn.Conv2d(cin, cout, 1, groups=groups, bias=False)
+        c.weight.data = torch.tensor(w).view_as(c.weight)
+        return c
+
+    def bn(w):
+        b = nn.BatchNorm2d(2)
+        b.weight.data = torch.tensor(w)
+        return b
+
+    model = nn.Sequential(conv(1, 2, [2.0, -1.0]), bn([1.0, 3.0]), conv(2, 2, [5.0, 0.5], groups=2),
+                          bn([1.0, -1.0]), conv(2, 1, [4.0, -2.0])).eval()
+    graph = fp.graph_for(model, (1, 4, 4))
+    atoms = [int(a) for a in graph.roots(graph.params[id(model[0].weight)].labels[0])]
+    group = fp.importance_scores(graph, "l1")
+    assert [group[a] for a in atoms] == pytest.approx([(2 + 1 + 1 + 4) / 4, (1 + 3 + 1 + 2) / 4], rel=1e-12)
+    every = fp.importance_scores(graph, "l1", norm_over="group-all")
+    assert [every[a] for a in atoms] == pytest.approx([(2 + 1 + 5 + 1 + 4) / 5, (1 + 3 + 0.5 + 1 + 2) / 5],
+                                                      rel=1e-12)
+
+
 def test_filters_option_scores_output_rows_only():
     """norm_over=filters is Li et al.'s filter norm, the numbers filter-prune gave before group scoring."""
     graph = fp.graph_for(_TinyMLP().eval(), (2,))
@@ -152,6 +176,17 @@ def test_global_group_l1_keeps_every_layer():
     assert len(normalised) == fp.filters_to_remove(sum(map(len, groups)), 0.5)
     assert least_kept(normalised) >= 0.25
     assert least_kept(fp.select_atoms(graph, scores, 0.5, "global", normalize=False)) < 0.05
+
+
+def test_pruning_leaves_the_random_state_as_it_was():
+    """Rebuilt layers initialise their weights before they are overwritten; that must not move the RNG, or
+    the dropout masks of the fine-tuning that follows would depend on how many trial copies were pruned."""
+    model = zoo.MODELS["mobilenetv2"][0]((3, 8, 8), 4, seed=0, width=0.25).eval()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fp.prune_to_macs(model, (3, 8, 8), 0.5 * fp.count_macs(model, (3, 8, 8)))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_round_to_keeps_multiples():

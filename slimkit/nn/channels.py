@@ -113,7 +113,10 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, atoms: Iterable[int],
                 (old._parameters if attr in old._parameters else old._buffers)[attr] = t
             continue
         current = {k: v for k, v in list(old._parameters.items()) + list(old._buffers.items()) if v is not None}
-        fresh = resize(old, {**current, **tensors})
+        # The new layer's random init is overwritten: leave the RNG as it was, so that what follows (dropout
+        # in fine-tuning) does not depend on how many layers or trial copies were rebuilt.
+        with torch.random.fork_rng(devices=[]):
+            fresh = resize(old, {**current, **tensors})
         if fresh is not old:
             _install(fresh, old, tensors)
             for path in paths.get(id(old), [module_name]):
