@@ -19,9 +19,11 @@ back, latency at batch 1 and 64 is measured interleaved with the baseline (media
     python benchmarks/torch_pruning_compare.py corpus
     python benchmarks/torch_pruning_compare.py finetune --models resnet20,mobilenetv2,vit --baseline-epochs 10 \\
         --epochs 3 [--scope global] [--optimizer adam] [--data mnist:/work/shared/data/mnist] [--seeds 0,1,2] \\
-        --json out.json
+        --json out.json [--tools slimkit] [--sk-set norm_over=filters]  # one tool; more filter-prune options
     python benchmarks/torch_pruning_compare.py table out.json ...       # mean over seeds
     python benchmarks/torch_pruning_compare.py latency runs/tp-compare/resnet20-l1-per-layer-s0   # re-time files
+    python benchmarks/torch_pruning_compare.py pruned runs/tp-compare/mobilenetv2-l1-per-layer-s0 --scope global
+        # the pruned networks before fine-tuning, BatchNorm statistics re-estimated (each norm_over, and TP)
 """
 from __future__ import annotations
 
@@ -257,6 +259,20 @@ def tp_prune(model, example, importance, scope, ratio):
     return model
 
 
+def tp_to_macs(model, example, importance, scope, target, macs):
+    """Torch-Pruning on a copy of ``model`` at the least ratio with ``macs(pruned) <= target`` (the same bisection as
+    filter-prune macs=); returns (pruned model, ratio)."""
+    def trial(ratio):
+        return tp_prune(copy.deepcopy(model).eval(), example, importance, scope, ratio)
+
+    lo, hi = 0.0, 0.95
+    if macs(trial(hi)) <= target:
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if macs(trial(mid)) <= target else (mid, hi)
+    return trial(hi), hi
+
+
 def refresh_spec_args(model) -> None:
     """Torch-Pruning changes layer sizes that the zoo's ViT modules also keep as constructor arguments (slimkit's
     pruning never changes these: it locks LayerNorm dims and keeps head_dim); rewrite them from the layers so that
@@ -294,16 +310,7 @@ def make_tp_method():
             macs = lambda m: count_macs(m, shape)["dense"]  # noqa: E731 -- slimkit's counter for both tools
             before, params_before = macs(model), count_params(model)
             target = opts["macs"] * before
-
-            def trial(ratio):
-                return tp_prune(copy.deepcopy(model).eval(), example, opts["importance"], opts["scope"], ratio)
-
-            lo, hi = 0.0, 0.95  # the same bisection as filter-prune macs=: the least pruning under the target
-            if macs(trial(hi)) <= target:
-                for _ in range(10):
-                    mid = (lo + hi) / 2
-                    lo, hi = (lo, mid) if macs(trial(mid)) <= target else (mid, hi)
-            model = trial(hi)
+            model, hi = tp_to_macs(model, example, opts["importance"], opts["scope"], target, macs)
             refresh_spec_args(model)
             ctx.log(f"torch-pruning: ratio {hi:.4f}, MACs {macs(model) / before:.1%}, "
                     f"params {count_params(model) / params_before:.1%}")
@@ -324,9 +331,11 @@ def run_tool(tool, model, model_options, args, seed, importance, scope):
     if "torch-pruning" not in registry.methods:
         registry.methods["torch-pruning"] = Registered("torch-pruning", make_tp_method(), "", "benchmark")
     method = "filter-prune" if tool == "slimkit" else "torch-pruning"
-    out = Path(args.out) / f"{model}-{importance}-{scope}-s{seed}-{tool}"
+    extra = dict(kv.split("=", 1) for kv in args.sk_set.split(",") if kv) if tool == "slimkit" else {}
+    tag = "".join(f"-{k}={v}" for k, v in extra.items())
+    out = Path(args.out) / f"{model}-{importance}-{scope}-s{seed}-{tool}{tag}"
     cfg = RunConfig(model=model, model_options=model_options, data=args.data, methods=[method],
-                    options={method: {"macs": args.macs, "importance": importance, "scope": scope}},
+                    options={method: {"macs": args.macs, "importance": importance, "scope": scope, **extra}},
                     epochs=args.epochs, baseline_epochs=args.baseline_epochs, seed=seed, quiet=True, latency=False,
                     optimizer=args.optimizer, lr=args.lr,
                     out=str(out))
@@ -372,7 +381,7 @@ def finetune(args) -> None:
             for scope in args.scope.split(","):
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     results = [run_tool(t, model, opts_of.get(model, {}), args, seed, importance, scope)
-                               for t in ("slimkit", "torch-pruning")]
+                               for t in args.tools.split(",")]
                     ok = [r for r in results if "report" in r]
                     rep = ok[0]["report"] if ok else None
                     shape = None
@@ -385,6 +394,8 @@ def finetune(args) -> None:
                            "data": rep["dataset"]["description"] if rep else args.data,
                            "baseline_acc": rep["baseline"]["accuracy"] if rep else None,
                            "baseline": stats.get("baseline")}
+                    if args.sk_set:
+                        row["slimkit_options"] = args.sk_set
                     for r in results:
                         row[r["tool"]] = {"error": r["error"]} if "error" in r else {
                             "acc": r["report"]["final"]["accuracy"], **stats[r["tool"]],
@@ -403,7 +414,8 @@ def finetune(args) -> None:
     print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         b = r["baseline"] or {}
-        cells = [("baseline", {"acc": r["baseline_acc"], **b})] + [(t, r[t]) for t in ("slimkit", "torch-pruning")]
+        cells = [("baseline", {"acc": r["baseline_acc"], **b})] + [(t, r[t]) for t in ("slimkit", "torch-pruning")
+                                                                    if t in r]
         for tool, c in cells:
             if "error" in c:
                 line = [tool, c["error"], "", "", "", ""]
@@ -431,15 +443,67 @@ def latency(args) -> None:
         print(f"| {Path(prefix).name} | " + " | ".join(cols) + " |", flush=True)
 
 
+@torch.no_grad()
+def recalibrated_accuracy(model, data) -> float:
+    """Test accuracy of a copy of ``model`` after its BatchNorm statistics are re-estimated on the train split
+    (cumulative averages, no gradient step)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    for x, _ in data.batches("train", 128, augment=False):
+        model(x)
+    model.eval()
+    right = total = 0
+    for x, y in data.batches("test", 256):
+        right += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return right / total
+
+
+def pruned(args) -> None:
+    """The pruned networks without fine-tuning: each run's baseline pruned to the MACs target by filter-prune (each
+    ``--norm-over``) and by Torch-Pruning, l1, BatchNorm statistics re-estimated, test accuracy."""
+    import re
+
+    from slimkit import storage
+    from slimkit.data import load_data
+    from slimkit.models import count_macs
+    from slimkit.plugins import get_registry
+    from slimkit_plugins import filter_prune as fp
+    rows = []
+    for prefix in args.runs:
+        seed = int(re.search(r"-s(\d+)$", prefix).group(1))
+        base = storage.load_model(f"{prefix}-slimkit/baseline.slim", get_registry()).model.eval()
+        data = load_data(args.data, get_registry().datasets, seed=seed)
+        shape = tuple(data.input_shape)
+        macs = lambda m: count_macs(m, shape)["dense"]  # noqa: E731
+        target = args.macs * macs(base)
+        row = {"run": prefix, "seed": seed, "scope": args.scope, "baseline": recalibrated_accuracy(base, data)}
+        for over in args.norm_over.split(","):
+            model, ratio = fp.prune_to_macs(base, shape, target, importance="l1", scope=args.scope, norm_over=over)
+            row[over] = {"acc": recalibrated_accuracy(model, data), "ratio": ratio, "params": count_params(model)}
+        model, ratio = tp_to_macs(base, torch.zeros(2, *shape), "l1", args.scope, target, macs)
+        row["torch-pruning"] = {"acc": recalibrated_accuracy(model, data), "ratio": ratio,
+                                "params": count_params(model)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
 def table(args) -> None:
     """Mean over seeds of the rows in one or more ``finetune --json`` files (test accuracy with its spread)."""
     rows = [r for f in args.files for r in json.loads(Path(f).read_text())]
     cells: dict = {}
     for r in rows:
         for tool in ("baseline", "slimkit", "torch-pruning"):
-            c = {"acc": r["baseline_acc"], **(r["baseline"] or {})} if tool == "baseline" else r[tool]
-            if "error" not in c:
-                cells.setdefault((r["model"], r["importance"], r["scope"], tool), []).append(c)
+            c = {"acc": r["baseline_acc"], **(r["baseline"] or {})} if tool == "baseline" else r.get(tool)
+            if c is not None and "error" not in c:
+                label = f"{tool} ({r['slimkit_options']})" if tool == "slimkit" and r.get("slimkit_options") else tool
+                cells.setdefault((r["model"], r["importance"], r["scope"], label), []).append(c)
     print("| model | importance | scope | tool | seeds | test acc. (mean +- sd) | params | MACs | batch-1 ms | "
           "batch-64 ms |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -470,17 +534,26 @@ def main():
     b.add_argument("--lr", type=float, default=None, help="base learning rate (default: the optimizer's)")
     b.add_argument("--repeats", type=int, default=40, help="timed batch-1 rounds (batch 64: a quarter)")
     b.add_argument("--out", default="runs/tp-compare")
+    b.add_argument("--tools", default="slimkit,torch-pruning", help="which of the two to run")
+    b.add_argument("--sk-set", default="", help="more filter-prune options, e.g. norm_over=filters")
     b.add_argument("--json", default="")
     d = sub.add_parser("latency", help="re-time finished finetune runs, interleaved, more rounds")
     d.add_argument("runs", nargs="+", help="OUT/MODEL-IMPORTANCE-SCOPE-sSEED (without -slimkit/-torch-pruning)")
     d.add_argument("--data", default="digits")
     d.add_argument("--repeats", type=int, default=200)
+    e = sub.add_parser("pruned", help="accuracy of the pruned networks before fine-tuning (BatchNorm re-estimated)")
+    e.add_argument("runs", nargs="+", help="OUT/MODEL-IMPORTANCE-SCOPE-sSEED of finetune runs (their baseline.slim)")
+    e.add_argument("--scope", default="per-layer")
+    e.add_argument("--norm-over", default="group,group-all,filters", help="filter-prune norm_over values")
+    e.add_argument("--macs", type=float, default=0.5)
+    e.add_argument("--data", default="digits")
+    e.add_argument("--json", default="")
     c = sub.add_parser("table", help="mean over seeds of finetune --json files")
     c.add_argument("files", nargs="+")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")  # Torch-Pruning warns on every graph it builds
     torch.set_num_threads(int(os.environ.get("TP_COMPARE_THREADS", "1")))
-    {"corpus": corpus, "finetune": finetune, "latency": latency, "table": table}[args.cmd](args)
+    {"corpus": corpus, "finetune": finetune, "latency": latency, "pruned": pruned, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":

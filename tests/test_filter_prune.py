@@ -18,7 +18,7 @@ def test_l1_per_layer_keeps_the_largest_filters_and_slices_everything():
     model = VGGLike().eval()
     w0 = model.features[0][0].weight.detach().clone()
     params_before, macs_before = fp.count_params(model), fp.count_macs(model, (3, 16, 16))
-    out = fp.prune_channels(model, (3, 16, 16), ratio=0.5)
+    out = fp.prune_channels(model, (3, 16, 16), ratio=0.5, norm_over="filters")  # Li et al.'s filter norm
     assert [c.out_channels for c in convs_of(out)] == [4, 8, 8, 6]
     assert [c.in_channels for c in convs_of(out)] == [3, 4, 8, 8]
     keep = sorted(torch.argsort(w0.abs().sum((1, 2, 3)), descending=True)[:4].tolist())
@@ -74,12 +74,119 @@ def test_global_scope_ranks_across_groups_and_keeps_one_per_group():
     with torch.no_grad():
         model.layer3[0].conv1.weight.mul_(1e-3)  # one layer's filters are far weaker than the rest
     graph = fp.graph_for(model, (3, 8, 8))
-    scores = fp.importance_scores(graph, "l1")
+    scores = fp.importance_scores(graph, "l1", norm_over="filters")
     remove = fp.select_atoms(graph, scores, 0.2, "global", normalize=False)
     weak = next(g for g in graph.groups if any(h == ("layer3.0.conv1", "weight") for r, d in g.params if d == 0
                                                 for h in r.holders))
     assert len(remove & set(weak.atoms)) == len(weak.atoms) - 1  # all but one of the weak layer's
     assert all(set(g.atoms) - remove for g in graph.groups)
+
+
+class _TinyMLP(nn.Module):
+    """Three hidden units, one group: fc1's output rows, bn's scales, fc2's input columns."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.5], [3.0, 0.0]]))
+            self.fc1.bias.fill_(10.0)  # biases and shifts are not scored: large ones must change nothing
+            self.bn.weight.copy_(torch.tensor([2.0, -1.0, 0.5]))
+            self.bn.bias.fill_(-5.0)
+            self.fc2.weight.copy_(torch.tensor([[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]]))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def _by_unit(graph, scores):
+    rec = graph.params[id(graph.model.fc1.weight)]
+    return [scores[int(a)] for a in graph.roots(rec.labels[0])]
+
+
+def test_group_norm_is_the_mean_over_the_groups_weights():
+    """DepGraph's group magnitude by hand: per unit, the L1 (squared L2) of its fc1 row, its BN scale and its
+    fc2 column, averaged over the three tensors."""
+    graph = fp.graph_for(_TinyMLP().eval(), (2,))
+    assert [len(g.atoms) for g in graph.groups] == [3]
+    l1 = _by_unit(graph, fp.importance_scores(graph, "l1"))
+    assert l1 == pytest.approx([(3 + 2 + 3) / 3, (1 + 1 + 1) / 3, (3 + 0.5 + 1) / 3], rel=1e-12)
+    l2 = _by_unit(graph, fp.importance_scores(graph, "l2", norm_over="group"))
+    assert l2 == pytest.approx([(5 + 4 + 5) / 3, (0.5 + 1 + 1) / 3, (9 + 0.25 + 1) / 3], rel=1e-12)
+    removed = fp.prune_channels(graph.model, (2,), ratio=1 / 3, graph=graph)
+    assert torch.equal(removed.fc1.weight, graph.model.fc1.weight[[0, 2]])  # unit 1 scores least
+
+
+def test_group_norm_leaves_depthwise_filters_out_unless_group_all():
+    """expand (1x1) -> BN -> depthwise -> BN -> project (1x1): one group of two channels, five tensors each;
+    ``group`` averages four (not the depthwise filter, as Torch-Pruning), ``group-all`` all five."""
+    def conv(cin, cout, w, groups=1):
+        c = nn.Conv2d(cin, cout, 1, groups=groups, bias=False)
+        c.weight.data = torch.tensor(w).view_as(c.weight)
+        return c
+
+    def bn(w):
+        b = nn.BatchNorm2d(2)
+        b.weight.data = torch.tensor(w)
+        return b
+
+    model = nn.Sequential(conv(1, 2, [2.0, -1.0]), bn([1.0, 3.0]), conv(2, 2, [5.0, 0.5], groups=2),
+                          bn([1.0, -1.0]), conv(2, 1, [4.0, -2.0])).eval()
+    graph = fp.graph_for(model, (1, 4, 4))
+    atoms = [int(a) for a in graph.roots(graph.params[id(model[0].weight)].labels[0])]
+    group = fp.importance_scores(graph, "l1")
+    assert [group[a] for a in atoms] == pytest.approx([(2 + 1 + 1 + 4) / 4, (1 + 3 + 1 + 2) / 4], rel=1e-12)
+    every = fp.importance_scores(graph, "l1", norm_over="group-all")
+    assert [every[a] for a in atoms] == pytest.approx([(2 + 1 + 5 + 1 + 4) / 5, (1 + 3 + 0.5 + 1 + 2) / 5],
+                                                      rel=1e-12)
+
+
+def test_filters_option_scores_output_rows_only():
+    """norm_over=filters is Li et al.'s filter norm, the numbers filter-prune gave before group scoring."""
+    graph = fp.graph_for(_TinyMLP().eval(), (2,))
+    assert _by_unit(graph, fp.importance_scores(graph, "l1", norm_over="filters")) == pytest.approx([3, 1, 3])
+    assert _by_unit(graph, fp.importance_scores(graph, "l2", norm_over="filters")) == pytest.approx(
+        [5 ** 0.5, 0.5 ** 0.5, 3])
+    model = resnet().eval()
+    graph = fp.graph_for(model, (3, 8, 8))
+    conv = model.layer2[1].conv1  # its own group: no other layer's filters hold these channels
+    rec = graph.params[id(conv.weight)]
+    atoms = [int(a) for a in graph.roots(rec.labels[0])]
+    for power, ref in ((1, conv.weight.detach().double().abs().sum((1, 2, 3))),
+                       (2, conv.weight.detach().double().pow(2).sum((1, 2, 3)).sqrt())):
+        scores = fp.importance_scores(graph, f"l{power}", norm_over="filters")
+        assert [scores[a] for a in atoms] == pytest.approx(ref.tolist(), rel=1e-12)
+    with pytest.raises(ValueError, match="norm_over"):
+        fp.importance_scores(graph, "l1", norm_over="columns")
+
+
+def test_global_group_l1_keeps_every_layer():
+    """One ranking over MobileNetV2's 25 groups: divided by their group means, the group scores leave every
+    group at least a quarter of its channels at ratio 0.5; raw, the layers with many small weights go first
+    and a group is nearly emptied (what made global scope lose to Torch-Pruning, docs/BENCHMARKS.md)."""
+    model = zoo.MODELS["mobilenetv2"][0]((3, 8, 8), 4, seed=0, width=0.5).eval()
+    graph = fp.graph_for(model, (3, 8, 8))
+    scores = fp.importance_scores(graph, "l1")
+    groups = [set(g.atoms) for g in graph.groups if len(g.atoms) > 1]
+
+    def least_kept(remove):
+        return min(len(g - remove) / len(g) for g in groups)
+
+    normalised = fp.select_atoms(graph, scores, 0.5, "global")
+    assert len(normalised) == fp.filters_to_remove(sum(map(len, groups)), 0.5)
+    assert least_kept(normalised) >= 0.25
+    assert least_kept(fp.select_atoms(graph, scores, 0.5, "global", normalize=False)) < 0.05
+
+
+def test_pruning_leaves_the_random_state_as_it_was():
+    """Rebuilt layers initialise their weights before they are overwritten; that must not move the RNG, or
+    the dropout masks of the fine-tuning that follows would depend on how many trial copies were pruned."""
+    model = zoo.MODELS["mobilenetv2"][0]((3, 8, 8), 4, seed=0, width=0.25).eval()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    fp.prune_to_macs(model, (3, 8, 8), 0.5 * fp.count_macs(model, (3, 8, 8)))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_round_to_keeps_multiples():

@@ -113,7 +113,10 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, atoms: Iterable[int],
                 (old._parameters if attr in old._parameters else old._buffers)[attr] = t
             continue
         current = {k: v for k, v in list(old._parameters.items()) + list(old._buffers.items()) if v is not None}
-        fresh = resize(old, {**current, **tensors})
+        # The new layer's random init is overwritten: leave the RNG as it was, so that what follows (dropout
+        # in fine-tuning) does not depend on how many layers or trial copies were rebuilt.
+        with torch.random.fork_rng(devices=[]):
+            fresh = resize(old, {**current, **tensors})
         if fresh is not old:
             _install(fresh, old, tensors)
             for path in paths.get(id(old), [module_name]):
@@ -175,12 +178,15 @@ def zero_channels(graph: ChannelGraph, atoms: Iterable[int]) -> None:
 
 
 def atom_scores(graph: ChannelGraph, entry_score: Callable[[torch.Tensor, int], torch.Tensor],
-                roles: Iterable[str], tensor_of: Callable | None = None) -> dict:
+                roles: Iterable[str], tensor_of: Callable | None = None, mean: bool = False) -> dict:
     """Sum ``entry_score(tensor, dim)`` (one value per entry of ``dim``) over every labelled
     dimension whose role is in ``roles``, by atom root. ``tensor_of(record)`` may substitute
-    the tensor scored (e.g. its gradient product); returns ``{root: score}``."""
+    the tensor scored (e.g. its gradient product); returns ``{root: score}``. ``mean=True``
+    divides each atom's sum by the number of labelled dimensions (tensor, dim) that hold it:
+    the mean over the tensors of its group of the atom's whole slice in each."""
     roles = set(roles)
     scores: dict[int, float] = {}
+    holders: dict[int, int] = {}
     for rec in graph.params.values():
         for d, (lab, role) in enumerate(zip(rec.labels, rec.roles)):
             if lab is None or role not in roles:
@@ -189,10 +195,13 @@ def atom_scores(graph: ChannelGraph, entry_score: Callable[[torch.Tensor, int], 
             if t is None:
                 continue
             values = entry_score(t, d).double().cpu().tolist()
-            for r, v in zip(graph.roots(lab).tolist(), values):
+            roots = graph.roots(lab)
+            for r, v in zip(roots.tolist(), values):
                 if r != FIXED and graph.prunable(r):
                     scores[r] = scores.get(r, 0.0) + v
-    return scores
+            for r in np.unique(roots).tolist():
+                holders[r] = holders.get(r, 0) + 1
+    return {a: v / holders[a] for a, v in scores.items()} if mean else scores
 
 
 __all__ += ["verify", "build_graph"]
