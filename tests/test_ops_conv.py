@@ -306,6 +306,33 @@ def test_sparse_conv2d_small_planes_narrow_tiles(dtype, kernel, index_dtype, mon
 
 
 @native
+@pytest.mark.parametrize("dtype, kernel", [(torch.float32, "best"), (torch.float32, "default"),
+                                           (torch.float64, "default")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_conv2d_image_groups_on_narrow_planes(dtype, kernel, threads, monkeypatch):
+    """Many images of a narrow plane run in groups of 8, 4 or 2 that share each nonzero's
+    loads; every batch size splits into full groups, smaller ones and a single image, per
+    thread."""
+    if kernel != "best":
+        monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", kernel)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(33)
+        w = _pruned(torch.randn(21, 24, 3, 3, generator=gen, dtype=torch.float64), 0.85, gen)
+        sw = SparseConvWeight.from_dense(w.to(dtype), min_sparsity=0.0)
+        b = torch.randn(21, generator=gen, dtype=torch.float64)
+        for hw in (1, 2, 3, 4):
+            for batch in (2, 3, 7, 8, 13, 22):
+                x = torch.randn(batch, 24, hw, hw, generator=gen, dtype=torch.float64)
+                y = torch.ops.slimkit.sparse_conv2d(x.to(dtype), sw.row_ptr, sw.col_idx, sw.values, list(w.shape),
+                                                    b.to(dtype), [1, 1], [1, 1], [1, 1])
+                torch.testing.assert_close(y.double(), F.conv2d(x, w, b, 1, 1), **_tol(dtype))
+    finally:
+        torch.set_num_threads(old)
+
+
+@native
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_sparse_conv2d_unsorted_columns_across_channel_blocks(index_dtype):
     """Rows in reverse column order over many input channels (several channel blocks): the

@@ -58,6 +58,14 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
   void sparse_tiles_table64(const float* in, const int64_t* seg, int64_t ncb, const int64_t* ci, const int32_t* tab, \
                             const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1,  \
                             int64_t OH, int64_t OW, int64_t Wq, float* y, float* stage);                            \
+  void sparse_tiles_images32(const float* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,         \
+                             const int32_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0, \
+                             int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride,            \
+                             float* stage);                                                                         \
+  void sparse_tiles_images64(const float* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,         \
+                             const int64_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0, \
+                             int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride,            \
+                             float* stage);                                                                         \
   bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K);                                       \
   bool sparse_columns_in_range64(const int64_t* ci, int64_t nnz, int64_t K);                                       \
   }
@@ -84,6 +92,8 @@ struct CpuKernels {
   // check that every column indexes the table.
   decltype(&base::sparse_tiles_table32) sparse_tiles_table32;
   decltype(&base::sparse_tiles_table64) sparse_tiles_table64;
+  decltype(&base::sparse_tiles_images32) sparse_tiles_images32;  // several images of a narrow plane at once
+  decltype(&base::sparse_tiles_images64) sparse_tiles_images64;
   decltype(&base::sparse_columns_in_range32) sparse_columns_in_range32;
   decltype(&base::sparse_columns_in_range64) sparse_columns_in_range64;
 };

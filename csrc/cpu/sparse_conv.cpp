@@ -145,9 +145,18 @@ void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const index_t* ci,
   const int64_t tile = (nvec + ntiles - 1) / ntiles * VL;
   const int64_t span = (g.dh * (g.kh - 1) / g.sh) * g.Wq + g.dw * (g.kw - 1) / g.sw;
   const int64_t window = g.sh * g.sw * (tile + span) * int64_t(sizeof(scalar_t));
+  const int64_t threads = at::get_num_threads();
+  // Many images: one image (or group, below) at a time per thread, its prepared input staying
+  // in that core's L2. Few: every image prepared up front, then (image, tile, output-channel
+  // block) items.
+  const bool per_image = g.N >= threads && g.N > 1 && (g.N % threads == 0 || g.N >= 4 * threads);
+  // On a narrow plane (one tile of at most 3 vectors) many images go in groups of up to
+  // `group` (slimkit_sparse_image_group), which share each nonzero's loads; the window
+  // is then the group's.
+  const int64_t group = per_image && ntiles == 1 && nvec <= 3 ? (nvec == 1 ? 8 : 4) : 1;
   // At least kMinChannelBlock channels per block, so that each (output channel, block)
   // segment has enough nonzeros to pay for its stage round trip on large images.
-  const int64_t cb_size = std::min(g.C, std::max(kMinChannelBlock, kL1WindowBytes / window));
+  const int64_t cb_size = std::min(g.C, std::max(kMinChannelBlock, kL1WindowBytes / (group * window)));
   const int64_t ncb = (g.C + cb_size - 1) / cb_size;
 
   // The plan (above): the column table, tab[c*kh*kw + r*kw + s] = c * chan + tap[r*kw + s]
@@ -174,19 +183,23 @@ void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const index_t* ci,
   scalar_t* yp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* val = values.const_data_ptr<scalar_t>();
   const int64_t in_image = g.C * g.H * g.W, out_image = g.OC * g.OH * g.OW;
-  const int64_t threads = at::get_num_threads();
-  // Many images: one image at a time per thread, its prepared input staying in that core's
-  // L2. Few: every image prepared up front, then (image, tile, output-channel block) items.
-  const bool per_image = g.N >= threads && g.N > 1 && (g.N % threads == 0 || g.N >= 4 * threads);
   if (per_image) {
     at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
-      Buffer<scalar_t> buf(g.image, g.slack);
+      Buffer<scalar_t> buf(group * g.image, g.slack);
       ScratchBuffer<scalar_t> stage(ScratchSlot::stage, g.OC * TL);
-      for (int64_t n = n0; n < n1; ++n) {
-        for (int64_t c = 0; c < g.C; ++c)
-          prepare_channel<scalar_t>(xp + n * in_image + c * g.H * g.W, buf.data() + c * chan, g);
-        kernel.template tiles_table<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, 0,
-                                             ntiles, g.OH, g.OW, g.Wq, yp + n * out_image, stage.data());
+      for (int64_t n = n0; n < n1;) {
+        int64_t m = group;  // the largest group that fits what is left, halving down to 1
+        while (m > n1 - n) m /= 2;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t c = 0; c < g.C; ++c)
+            prepare_channel<scalar_t>(xp + (n + i) * in_image + c * g.H * g.W, buf.data() + i * g.image + c * chan, g);
+        if (m > 1)
+          kernel.template tiles_images<index_t>(buf.data(), g.image, m, seg.data(), ncb, ci, tab.data(), val, bias, 0,
+                                                g.OC, g.OH, g.OW, g.Wq, yp + n * out_image, out_image, stage.data());
+        else
+          kernel.template tiles_table<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, 0,
+                                               ntiles, g.OH, g.OW, g.Wq, yp + n * out_image, stage.data());
+        n += m;
       }
     });
     return;

@@ -47,6 +47,20 @@ struct Kernel {
       slimkit_sparse_tiles<scalar_t>(in, seg, ncb, TableOffsets<index_t>{ci, tab}, val, bias, oc0, oc1, t0, t1, OH,
                                      OW, Wq, y, stage);
   }
+  // M images of a narrow plane at once (slimkit_sparse_tiles_images), columns through tab.
+  template <typename index_t>
+  void tiles_images(const scalar_t* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,
+                    const index_t* ci, const int32_t* tab, const scalar_t* val, const scalar_t* bias, int64_t oc0,
+                    int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, scalar_t* y, int64_t ostride,
+                    scalar_t* stage) const {
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>)
+      isa.sparse_tiles_images32(in, istride, M, seg, ncb, ci, tab, val, bias, oc0, oc1, OH, OW, Wq, y, ostride, stage);
+    else if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int64_t>)
+      isa.sparse_tiles_images64(in, istride, M, seg, ncb, ci, tab, val, bias, oc0, oc1, OH, OW, Wq, y, ostride, stage);
+    else
+      slimkit_sparse_tiles_images<scalar_t>(in, istride, M, seg, ncb, TableOffsets<index_t>{ci, tab}, val, bias, oc0,
+                                            oc1, OH, OW, Wq, y, ostride, stage);
+  }
   // Whether every column of ci[0 : nnz) lies in [0, K) (any dtype: only indices are read).
   template <typename index_t>
   bool columns_in_range(const index_t* ci, int64_t nnz, int64_t K) const {

@@ -225,6 +225,81 @@ inline void slimkit_sparse_tiles(const scalar_t* in, const int64_t* seg, int64_t
   }
 }
 
+// Several images at once on a narrow plane (one tile of T <= 3 vectors per image): M images'
+// tiles, image m's input at in + m * istride, its accumulators at st + m*T*VL. A nonzero's
+// value, column and table offset are loaded once for the M images; one image at a time they
+// are loaded once per image, and on a 2-vector plane those loads are most of the work.
+template <typename scalar_t, int T, int M, typename Off>
+inline void slimkit_sparse_tile_images(const scalar_t* __restrict in, int64_t istride, Off off,
+                                       const scalar_t* __restrict val, int64_t nnz, scalar_t* __restrict st,
+                                       bool init, scalar_t b) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t VL = Vec::size();
+  Vec acc[M][T];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+    for (int k = 0; k < T; ++k) acc[m][k] = init ? Vec(b) : Vec::loadu(st + (m * T + k) * VL);
+  for (int64_t z = 0; z < nnz; ++z) {
+    const Vec v(val[z]);
+    const scalar_t* p = in + off[z];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+      for (int k = 0; k < T; ++k) acc[m][k] = at::vec::fmadd(v, Vec::loadu(p + m * istride + k * VL), acc[m][k]);
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+    for (int k = 0; k < T; ++k) acc[m][k].store(st + (m * T + k) * VL);
+}
+
+// The image groups slimkit_sparse_tiles_images takes: M images of a T-vector plane, M * T
+// vectors in registers (8 or more FMA chains, at most kTile).
+inline bool slimkit_sparse_image_group(int64_t T, int64_t M) {
+  return (T == 1 && (M == 8 || M == 4 || M == 2)) || ((T == 2 || T == 3) && (M == 4 || M == 2));
+}
+
+// M images (slimkit_sparse_image_group) of a plane that is one tile of T vectors, output
+// channels [oc0, oc1); image m reads in + m * istride and writes y + m * ostride (OC x OH x OW),
+// otherwise as slimkit_sparse_tiles.
+template <typename scalar_t, typename Off>
+inline void slimkit_sparse_tiles_images(const scalar_t* in, int64_t istride, int64_t M, const int64_t* seg,
+                                        int64_t ncb, Off off, const scalar_t* val, const scalar_t* bias, int64_t oc0,
+                                        int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, scalar_t* y, int64_t ostride,
+                                        scalar_t* stage) {
+  constexpr int64_t VL = at::vec::Vectorized<scalar_t>::size();
+  constexpr int64_t TL = slimkit_sparse_tile_len<scalar_t>();
+  const int64_t T = (OH * Wq + VL - 1) / VL;
+  for (int64_t cb = 0; cb < ncb; ++cb) {
+    for (int64_t oc = oc0; oc < oc1; ++oc) {
+      const int64_t* s = seg + oc * (ncb + 1);
+      const int64_t z0 = s[cb], z1 = s[cb + 1];
+      if (cb > 0 && z1 == z0) continue;
+      scalar_t* st = stage + (oc - oc0) * TL;
+      const bool init = cb == 0;
+      const scalar_t b = bias ? bias[oc] : scalar_t(0);
+      switch (T * 16 + M) {
+#define SLIMKIT_IMAGES_CASE(TT, MM)                                                                            \
+  case TT * 16 + MM:                                                                                           \
+    slimkit_sparse_tile_images<scalar_t, TT, MM, Off>(in, istride, off + z0, val + z0, z1 - z0, st, init, b); \
+    break;
+        SLIMKIT_IMAGES_CASE(1, 8) SLIMKIT_IMAGES_CASE(1, 4) SLIMKIT_IMAGES_CASE(1, 2)
+        SLIMKIT_IMAGES_CASE(2, 4) SLIMKIT_IMAGES_CASE(2, 2) SLIMKIT_IMAGES_CASE(3, 4) SLIMKIT_IMAGES_CASE(3, 2)
+#undef SLIMKIT_IMAGES_CASE
+        default:
+          return;  // not a group of slimkit_sparse_image_group: the caller never asks
+      }
+    }
+  }
+  // Copy the valid columns (ow < OW) of every image out of the virtual-width layout.
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t oc = oc0; oc < oc1; ++oc)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        std::memcpy(y + m * ostride + (oc * OH + oh) * OW, stage + (oc - oc0) * TL + m * T * VL + oh * Wq,
+                    sizeof(scalar_t) * OW);
+}
+
 // sparse_linear at small batch (sparse_linear.cpp): rows [o0, o1) of y (N x OUT) =
 // x (N x K) W^T + bias, W in CSR with int32 columns; one sparse dot product per
 // (sample, row), VL nonzeros at a time with their inputs gathered, four vector
@@ -316,6 +391,20 @@ void sparse_tiles_table64(const float* in, const int64_t* seg, int64_t ncb, cons
                           int64_t OH, int64_t OW, int64_t Wq, float* y, float* stage) {
   slimkit_sparse_tiles<float>(in, seg, ncb, TableOffsets<int64_t>{ci, tab}, val, bias, oc0, oc1, t0, t1, OH, OW, Wq,
                               y, stage);
+}
+
+void sparse_tiles_images32(const float* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,
+                           const int32_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0,
+                           int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride, float* stage) {
+  slimkit_sparse_tiles_images<float>(in, istride, M, seg, ncb, TableOffsets<int32_t>{ci, tab}, val, bias, oc0, oc1,
+                                     OH, OW, Wq, y, ostride, stage);
+}
+
+void sparse_tiles_images64(const float* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,
+                           const int64_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0,
+                           int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride, float* stage) {
+  slimkit_sparse_tiles_images<float>(in, istride, M, seg, ncb, TableOffsets<int64_t>{ci, tab}, val, bias, oc0, oc1,
+                                     OH, OW, Wq, y, ostride, stage);
 }
 
 bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K) {
