@@ -281,6 +281,74 @@ def test_sparse_conv2d_unsorted_csr_columns():
     torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1))
 
 
+@native
+@pytest.mark.parametrize("dtype, kernel", [(torch.float32, "best"), (torch.float32, "avx2"), (torch.float32, "default"),
+                                           (torch.float64, "default")])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_sparse_conv2d_small_planes_narrow_tiles(dtype, kernel, index_dtype, monkeypatch):
+    """Planes of 1x1 to 6x7 outputs: tiles of 1 to 7 vectors, the narrow ones (1-3 vectors)
+    on the loop that splits a row's nonzeros over several accumulator sets; rows of every
+    length mod 8 (the sets' tails), empty rows, a bias."""
+    if kernel != "best":
+        monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", kernel)
+    gen = torch.Generator().manual_seed(31)
+    w = torch.randn(19, 16, 3, 3, generator=gen, dtype=torch.float64)
+    keep = torch.rand(19, 16 * 9, generator=gen, dtype=torch.float64) < torch.linspace(0.0, 0.6, 19)[:, None]
+    w = (w.reshape(19, -1) * keep).reshape(w.shape)
+    assert (keep.sum(1) == 0).any() and len(set((keep.sum(1) % 8).tolist())) >= 5
+    sw = SparseConvWeight.from_dense(w.to(dtype), min_sparsity=0.0, index_dtype=index_dtype)
+    b = torch.randn(19, generator=gen, dtype=torch.float64)
+    for h, wd in ((1, 1), (2, 2), (3, 3), (4, 4), (4, 5), (5, 5), (6, 7)):
+        x = torch.randn(2, 16, h, wd, generator=gen, dtype=torch.float64)
+        y = torch.ops.slimkit.sparse_conv2d(x.to(dtype), sw.row_ptr, sw.col_idx, sw.values, list(w.shape), b.to(dtype),
+                                            [1, 1], [1, 1], [1, 1])
+        torch.testing.assert_close(y.double(), F.conv2d(x, w, b, 1, 1), **_tol(dtype))
+
+
+@native
+@pytest.mark.parametrize("dtype, kernel", [(torch.float32, "best"), (torch.float32, "default"),
+                                           (torch.float64, "default")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_conv2d_image_groups_on_narrow_planes(dtype, kernel, threads, monkeypatch):
+    """Many images of a narrow plane run in groups of 8, 4 or 2 that share each nonzero's
+    loads; every batch size splits into full groups, smaller ones and a single image, per
+    thread."""
+    if kernel != "best":
+        monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", kernel)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(33)
+        w = _pruned(torch.randn(21, 24, 3, 3, generator=gen, dtype=torch.float64), 0.85, gen)
+        sw = SparseConvWeight.from_dense(w.to(dtype), min_sparsity=0.0)
+        b = torch.randn(21, generator=gen, dtype=torch.float64)
+        for hw in (1, 2, 3, 4):
+            for batch in (2, 3, 7, 8, 13, 22):
+                x = torch.randn(batch, 24, hw, hw, generator=gen, dtype=torch.float64)
+                y = torch.ops.slimkit.sparse_conv2d(x.to(dtype), sw.row_ptr, sw.col_idx, sw.values, list(w.shape),
+                                                    b.to(dtype), [1, 1], [1, 1], [1, 1])
+                torch.testing.assert_close(y.double(), F.conv2d(x, w, b, 1, 1), **_tol(dtype))
+    finally:
+        torch.set_num_threads(old)
+
+
+@native
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_sparse_conv2d_unsorted_columns_across_channel_blocks(index_dtype):
+    """Rows in reverse column order over many input channels (several channel blocks): the
+    binary-searched block segments still cover every nonzero once."""
+    gen = torch.Generator().manual_seed(32)
+    x = torch.randn(1, 200, 12, 12, generator=gen, dtype=torch.float64)
+    w = _pruned(torch.randn(6, 200, 3, 3, generator=gen, dtype=torch.float64), 0.8, gen)
+    sw = SparseConvWeight.from_dense(w, min_sparsity=0.0, index_dtype=index_dtype)
+    rp, ci, v = sw.row_ptr.clone(), sw.col_idx.clone(), sw.values.clone()
+    for r in range(6):
+        lo, hi = int(rp[r]), int(rp[r + 1])
+        ci[lo:hi], v[lo:hi] = ci[lo:hi].flip(0), v[lo:hi].flip(0)
+    y = torch.ops.slimkit.sparse_conv2d(x, rp, ci, v, list(w.shape), None, [1, 1], [1, 1], [1, 1])
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1))
+
+
 def test_sparse_weight_density_and_dense_path_choice(monkeypatch):
     gen = torch.Generator().manual_seed(13)
     w = torch.randn(8, 8, 3, 3, generator=gen)
@@ -349,6 +417,8 @@ def test_sparse_conv2d_bad_input_is_an_error():
         (dict(rp=rp - rp[1]), "row_ptr\\[0\\] must be 0"),
         (dict(ci=torch.full_like(ci, 36)), "outside \\[0, in_channels\\*kh\\*kw = 36\\)"),
         (dict(ci=-torch.ones_like(ci)), "outside"),
+        (dict(ci=torch.full_like(ci, 36).long(), rp=rp.long()), "col_idx\\[0\\] = 36 is outside"),
+        (dict(ci=torch.cat([ci[:-1], ci.new_tensor([-5])]).long()), f"col_idx\\[{ci.numel() - 1}\\] = -5 is outside"),
         (dict(ci=ci[:-1]), "entries but values has"),
         (dict(ci=ci.float()), "int32 or int64"),
         (dict(v=torch.stack([v, v], 1)[:, 0]), "contiguous"),

@@ -39,7 +39,7 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
 // What one ISA build exports (namespace slimkit::cpu::<isa>). The sparse_* loops are
 // float32 (other dtypes run the includer's baseline copy, sparse_conv_dispatch.h);
 // their contracts are those of slimkit_sparse_tiles / slimkit_sparse_gather_rows
-// (sparse_conv_kernel.h).
+// (sparse_conv_kernel.h); sparse_tiles_table* are slimkit_sparse_tiles with TableOffsets.
 #define SLIMKIT_DECLARE_ISA(ns)                                                                                   \
   namespace ns {                                                                                                  \
   void kd_forward(const KdArgs& a, int64_t r0, int64_t r1);                                                       \
@@ -52,6 +52,22 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
                     int64_t Wq, float* y, float* stage);                                                          \
   bool sparse_gather_rows(const float* x, const int64_t* rp, const int32_t* ci, const float* val,                 \
                           const float* bias, float* y, int64_t N, int64_t K, int64_t OUT, int64_t o0, int64_t o1); \
+  void sparse_tiles_table32(const float* in, const int64_t* seg, int64_t ncb, const int32_t* ci, const int32_t* tab, \
+                            const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1,  \
+                            int64_t OH, int64_t OW, int64_t Wq, float* y, float* stage);                            \
+  void sparse_tiles_table64(const float* in, const int64_t* seg, int64_t ncb, const int64_t* ci, const int32_t* tab, \
+                            const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1,  \
+                            int64_t OH, int64_t OW, int64_t Wq, float* y, float* stage);                            \
+  void sparse_tiles_images32(const float* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,         \
+                             const int32_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0, \
+                             int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride,            \
+                             float* stage);                                                                         \
+  void sparse_tiles_images64(const float* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,         \
+                             const int64_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0, \
+                             int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride,            \
+                             float* stage);                                                                         \
+  bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K);                                       \
+  bool sparse_columns_in_range64(const int64_t* ci, int64_t nnz, int64_t K);                                       \
   }
 
 SLIMKIT_DECLARE_ISA(base)
@@ -72,6 +88,14 @@ struct CpuKernels {
   // ones on the development machine (AMD Zen 4: 0.39 against 0.43 ns per nonzero,
   // 784->300 at batch 1).
   decltype(&base::sparse_gather_rows) sparse_gather_rows;
+  // The convolutions' loop: nonzero z reads at tab[ci[z]] (int32 / int64 columns), and the
+  // check that every column indexes the table.
+  decltype(&base::sparse_tiles_table32) sparse_tiles_table32;
+  decltype(&base::sparse_tiles_table64) sparse_tiles_table64;
+  decltype(&base::sparse_tiles_images32) sparse_tiles_images32;  // several images of a narrow plane at once
+  decltype(&base::sparse_tiles_images64) sparse_tiles_images64;
+  decltype(&base::sparse_columns_in_range32) sparse_columns_in_range32;
+  decltype(&base::sparse_columns_in_range64) sparse_columns_in_range64;
 };
 
 // The kernels every op runs on this call (see the top of this file). Ops call it once

@@ -12,7 +12,10 @@
 // for every output position j = oh*Wq + ow. Columns ow >= OW are computed and
 // dropped (a (kw-1)*dw/sw / Wq share of the work, 6% for 3x3 on 32x32). The inner
 // loop (sparse_conv_kernel.h) keeps a tile of output vectors in registers and runs
-// over the row's nonzeros: one broadcast + (load, FMA) per vector per nonzero.
+// over the row's nonzeros: one broadcast + (load, FMA) per vector per nonzero. The
+// offset of a nonzero comes from a table with one entry per weight column, looked up
+// through its column in the loop (the plan, below): the per-call work before the loop
+// is O(columns + rows), not a pass with a division per nonzero.
 //
 // Parallelism: over images when there are enough of them (each thread prepares its
 // image's buffer, which stays in its L2, then runs every tile and output channel);
@@ -27,11 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <numeric>
-#include <string>
 #include <vector>
 
 #include "scratch.h"
@@ -95,123 +94,133 @@ struct Buffer {
   scalar_t* data() const { return mem.data(); }
 };
 
-template <typename scalar_t>
-void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const int64_t* cols, const at::Tensor& values,
+// The plan, what a call computes before its loop: in O(columns + rows) and one vectorised
+// pass over the columns, never a pass of arithmetic per nonzero (at batch 1 the former plan,
+// a division per nonzero to split its column into (channel, tap), cost as much as the
+// convolution on small planes):
+//
+// - the column table: one int32 offset into the prepared image per weight column, looked
+//   up through each nonzero's column in the loop (TableOffsets, sparse_conv_kernel.h);
+// - the check that every column indexes the table (else a Python error naming the first bad
+//   one);
+// - the block segments: per (output channel, channel block) the first nonzero, by binary
+//   search over the row's columns. Rows come sorted from CSRWeight; on an unsorted row the
+//   segments, non-decreasing, still cover each nonzero exactly once, so the result is the
+//   same (the prepared image is complete in memory: blocks only order the reads).
+
+// Raises unless every column of ci lies in [0, K).
+template <typename scalar_t, typename index_t>
+void check_columns(const Kernel<scalar_t>& kernel, const index_t* ci, int64_t nnz, int64_t K) {
+  if (kernel.template columns_in_range<index_t>(ci, nnz, K)) return;
+  for (int64_t z = 0; z < nnz; ++z)
+    TORCH_CHECK(ci[z] >= 0 && ci[z] < K, "sparse_conv2d: col_idx[", z, "] = ", int64_t(ci[z]),
+                " is outside [0, in_channels*kh*kw = ", K, ")");
+}
+
+// seg (OC, ncb + 1): seg[oc*(ncb+1) + b] = first nonzero of row oc with column >= b * block
+// (seg[..0] the row's start, seg[..ncb] its end).
+template <typename index_t>
+void block_segments(const int64_t* rp, const index_t* ci, int64_t OC, int64_t ncb, int64_t block, int64_t* seg) {
+  for (int64_t oc = 0; oc < OC; ++oc) {
+    int64_t* sg = seg + oc * (ncb + 1);
+    const int64_t end = rp[oc + 1];
+    sg[0] = rp[oc];
+    for (int64_t b = 1; b < ncb; ++b)
+      sg[b] = std::lower_bound(ci + sg[b - 1], ci + end, index_t(b * block)) - ci;
+    sg[ncb] = end;
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void sparse_conv_impl(const at::Tensor& x, const int64_t* rp, const index_t* ci, const at::Tensor& values,
                       const scalar_t* bias, const Geometry& g, at::Tensor& out) {
   const Kernel<scalar_t> kernel{};
   const int64_t TL = kernel.tile_len();
   const int64_t ntiles = slimkit_sparse_num_tiles(g.OH * g.Wq, TL / kTile);
 
-  // Channel blocks: the input window a tile reads from one channel spans the tile
-  // plus the largest tap offset inside the channel's phase planes.
+  // Channel blocks: the input window a tile reads from one channel spans the tile (its
+  // actual width: a small plane's one tile is shorter than TL) plus the largest tap offset
+  // inside the channel's phase planes.
+  const int64_t VL = TL / kTile, nvec = (g.OH * g.Wq + VL - 1) / VL;
+  const int64_t tile = (nvec + ntiles - 1) / ntiles * VL;
   const int64_t span = (g.dh * (g.kh - 1) / g.sh) * g.Wq + g.dw * (g.kw - 1) / g.sw;
-  const int64_t window = g.sh * g.sw * (TL + span) * int64_t(sizeof(scalar_t));
+  const int64_t window = g.sh * g.sw * (tile + span) * int64_t(sizeof(scalar_t));
+  const int64_t threads = at::get_num_threads();
+  // Many images: one image (or group, below) at a time per thread, its prepared input staying
+  // in that core's L2. Few: every image prepared up front, then (image, tile, output-channel
+  // block) items.
+  const bool per_image = g.N >= threads && g.N > 1 && (g.N % threads == 0 || g.N >= 4 * threads);
+  // On a narrow plane (one tile of at most 3 vectors) many images go in groups of up to
+  // `group` (slimkit_sparse_image_group), which share each nonzero's loads; the window
+  // is then the group's.
+  const int64_t group = per_image && ntiles == 1 && nvec <= 3 ? (nvec == 1 ? 8 : 4) : 1;
   // At least kMinChannelBlock channels per block, so that each (output channel, block)
   // segment has enough nonzeros to pay for its stage round trip on large images.
-  const int64_t cb_size = std::min(g.C, std::max(kMinChannelBlock, kL1WindowBytes / window));
+  const int64_t cb_size = std::min(g.C, std::max(kMinChannelBlock, kL1WindowBytes / (group * window)));
   const int64_t ncb = (g.C + cb_size - 1) / cb_size;
 
-  // The plan: per nonzero its input offset off = c * chan + tap[r*kw + s] (tap: the
-  // offset of (r, s) inside a channel's phase planes), per (row, channel block) the
-  // first nonzero. Rows must be in column order; the few that are not get sorted.
+  // The plan (above): the column table, tab[c*kh*kw + r*kw + s] = c * chan + tap[r*kw + s]
+  // (tap: the offset of (r, s) inside a channel's phase planes), and the segments of the
+  // channel blocks.
   const int64_t chan = g.sh * g.sw * g.plane, khw = g.kh * g.kw, K = g.C * khw;
-  std::vector<int64_t> tap(khw);
+  TORCH_CHECK(g.image + g.slack <= INT32_MAX, "sparse_conv2d: one image of ", g.image,
+              " prepared elements is more than the kernel's 32-bit offsets address");
+  const int64_t nnz = rp[g.OC];
+  check_columns<scalar_t, index_t>(kernel, ci, nnz, K);
+  ScratchBuffer<int32_t> tab(ScratchSlot::plan, K);
   for (int64_t r = 0; r < g.kh; ++r)
     for (int64_t s = 0; s < g.kw; ++s) {
       const int64_t rr = r * g.dh, ss = s * g.dw;
-      tap[r * g.kw + s] = ((rr % g.sh) * g.sw + ss % g.sw) * g.plane + (rr / g.sh) * g.Wq + ss / g.sw;
+      tab.data()[r * g.kw + s] =
+          int32_t(((rr % g.sh) * g.sw + ss % g.sw) * g.plane + (rr / g.sh) * g.Wq + ss / g.sw);
     }
-  const int64_t nnz = rp[g.OC];
-  const bool small = K <= INT32_MAX;
-  std::vector<int64_t> off(nnz), seg(g.OC * (ncb + 1));
-  std::vector<char> unsorted(g.OC, 0);
-  // Offsets and segments of row oc, its nonzeros visited in the order src(z).
-  const auto plan_row = [&](int64_t oc, auto&& src) {
-    int64_t k = 0;
-    for (int64_t z = rp[oc]; z < rp[oc + 1]; ++z) {
-      const int64_t col = cols[src(z)];
-      const int64_t c = small ? int64_t(uint32_t(col) / uint32_t(khw)) : col / khw;
-      while (k * cb_size <= c) seg[oc * (ncb + 1) + k++] = z;
-      off[z] = c * chan + tap[col - c * khw];
-    }
-    while (k <= ncb) seg[oc * (ncb + 1) + k++] = rp[oc + 1];
-  };
-  const auto plan_checked = [&](int64_t oc) {
-    int64_t prev = -1;
-    bool sorted = true;
-    for (int64_t z = rp[oc]; z < rp[oc + 1]; ++z) {
-      const int64_t col = cols[z];
-      TORCH_CHECK(col >= 0 && col < K, "sparse_conv2d: col_idx[", z, "] = ", col,
-                  " is outside [0, in_channels*kh*kw = ", K, ")");
-      sorted = sorted && col >= prev;
-      prev = col;
-    }
-    if (sorted)
-      plan_row(oc, [](int64_t z) { return z; });
-    else
-      unsorted[oc] = 1;
-  };
+  for (int64_t c = 1; c < g.C; ++c)
+    for (int64_t t = 0; t < khw; ++t) tab.data()[c * khw + t] = int32_t(c * chan) + tab.data()[t];
+  std::vector<int64_t> seg(g.OC * (ncb + 1));
+  block_segments<index_t>(rp, ci, g.OC, ncb, cb_size * khw, seg.data());
 
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* yp = out.mutable_data_ptr<scalar_t>();
-  const int64_t in_image = g.C * g.H * g.W, out_image = g.OC * g.OH * g.OW;
-  const int64_t threads = at::get_num_threads();
-  // Many images: one image at a time per thread, its prepared input staying in that core's
-  // L2. Few: every image prepared up front, then (image, tile, output-channel block) items.
-  const bool per_image = g.N >= threads && g.N > 1 && (g.N % threads == 0 || g.N >= 4 * threads);
-  std::unique_ptr<Buffer<scalar_t>> all;
-  if (!per_image) all = std::make_unique<Buffer<scalar_t>>(g.N * g.image, g.slack);
-  const auto prepare_all = [&](int64_t i) {  // channel i of the batch
-    const int64_t n = i / g.C, c = i % g.C;
-    prepare_channel<scalar_t>(xp + n * in_image + c * g.H * g.W, all->data() + n * g.image + c * chan, g);
-  };
-  // One parallel region plans the rows and (few images) prepares the input: on a busy
-  // machine every region can wait for a descheduled thread, so there are only two.
-  const int64_t NC = per_image ? 0 : g.N * g.C;
-  const int64_t parts = nnz + NC * g.H * g.W >= (1 << 14) ? threads : 1;
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      for (int64_t oc = p * g.OC / parts; oc < (p + 1) * g.OC / parts; ++oc) plan_checked(oc);
-      for (int64_t i = p * NC / parts; i < (p + 1) * NC / parts; ++i) prepare_all(i);
-    }
-  });
   const scalar_t* val = values.const_data_ptr<scalar_t>();
-  std::vector<scalar_t> val_sorted;
-  if (std::find(unsorted.begin(), unsorted.end(), 1) != unsorted.end()) {
-    val_sorted.assign(val, val + nnz);
-    std::vector<int64_t> order(nnz);
-    for (int64_t oc = 0; oc < g.OC; ++oc) {
-      if (!unsorted[oc]) continue;
-      const auto b = order.begin() + rp[oc], e = order.begin() + rp[oc + 1];
-      std::iota(b, e, rp[oc]);
-      std::stable_sort(b, e, [&](int64_t i, int64_t j) { return cols[i] < cols[j]; });
-      plan_row(oc, [&](int64_t z) { return order[z]; });
-      for (int64_t z = rp[oc]; z < rp[oc + 1]; ++z) val_sorted[z] = val[order[z]];
-    }
-    val = val_sorted.data();
-  }
-
+  const int64_t in_image = g.C * g.H * g.W, out_image = g.OC * g.OH * g.OW;
   if (per_image) {
     at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
-      Buffer<scalar_t> buf(g.image, g.slack);
+      Buffer<scalar_t> buf(group * g.image, g.slack);
       ScratchBuffer<scalar_t> stage(ScratchSlot::stage, g.OC * TL);
-      for (int64_t n = n0; n < n1; ++n) {
-        for (int64_t c = 0; c < g.C; ++c)
-          prepare_channel<scalar_t>(xp + n * in_image + c * g.H * g.W, buf.data() + c * chan, g);
-        kernel.tiles(buf.data(), seg.data(), ncb, off.data(), val, bias, 0, g.OC, 0, ntiles, g.OH, g.OW,
-                     g.Wq, yp + n * out_image, stage.data());
+      for (int64_t n = n0; n < n1;) {
+        int64_t m = group;  // the largest group that fits what is left, halving down to 1
+        while (m > n1 - n) m /= 2;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t c = 0; c < g.C; ++c)
+            prepare_channel<scalar_t>(xp + (n + i) * in_image + c * g.H * g.W, buf.data() + i * g.image + c * chan, g);
+        if (m > 1)
+          kernel.template tiles_images<index_t>(buf.data(), g.image, m, seg.data(), ncb, ci, tab.data(), val, bias, 0,
+                                                g.OC, g.OH, g.OW, g.Wq, yp + n * out_image, out_image, stage.data());
+        else
+          kernel.template tiles_table<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, 0,
+                                               ntiles, g.OH, g.OW, g.Wq, yp + n * out_image, stage.data());
+        n += m;
       }
     });
     return;
   }
+  Buffer<scalar_t> all(g.N * g.image, g.slack);
+  const int64_t NC = g.N * g.C;
+  at::parallel_for(0, NC, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, g.H * g.W)),
+                   [&](int64_t i0, int64_t i1) {
+                     for (int64_t i = i0; i < i1; ++i)  // channel i of the batch
+                       prepare_channel<scalar_t>(xp + (i / g.C) * in_image + (i % g.C) * g.H * g.W,
+                                                 all.data() + (i / g.C) * g.image + (i % g.C) * chan, g);
+                   });
   const int64_t spatial = g.N * ntiles;
   const int64_t nocb = std::clamp<int64_t>((4 * threads + spatial - 1) / spatial, 1, std::max<int64_t>(1, g.OC / 16));
   at::parallel_for(0, spatial * nocb, 1, [&](int64_t i0, int64_t i1) {
     ScratchBuffer<scalar_t> stage(ScratchSlot::stage, ((g.OC + nocb - 1) / nocb) * TL);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t ob = i % nocb, t = (i / nocb) % ntiles, n = i / (nocb * ntiles);
-      kernel.tiles(all->data() + n * g.image, seg.data(), ncb, off.data(), val, bias, ob * g.OC / nocb,
-                   (ob + 1) * g.OC / nocb, t, t + 1, g.OH, g.OW, g.Wq, yp + n * out_image, stage.data());
+      kernel.template tiles_table<index_t>(all.data() + n * g.image, seg.data(), ncb, ci, tab.data(), val, bias,
+                                           ob * g.OC / nocb, (ob + 1) * g.OC / nocb, t, t + 1, g.OH, g.OW, g.Wq,
+                                           yp + n * out_image, stage.data());
     }
   });
 }
@@ -233,21 +242,28 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr,
   g.image = g.C * g.sh * g.sw * g.plane;
   g.slack = g.Wq + 128;  // reads of the last plane run past it by < Wq + one vector
 
-  const at::Tensor rp = row_ptr.to(at::kLong).contiguous();
-  const at::Tensor ci = col_idx.to(at::kLong).contiguous();
-  const int64_t* rpp = rp.const_data_ptr<int64_t>();
-  const int64_t* cip = ci.const_data_ptr<int64_t>();
-  const int64_t nnz = ci.numel();
-  sparse_conv::check_row_ptr(rpp, g.OC, nnz);  // col_idx is checked while planning
+  // row_ptr as int64 (read in place, or an int32 one widened here: no tensor op per call)
+  std::vector<int64_t> rp_wide;
+  const int64_t* rpp = nullptr;
+  if (row_ptr.scalar_type() == at::kLong) {
+    rpp = row_ptr.const_data_ptr<int64_t>();
+  } else {
+    const int32_t* r32 = row_ptr.const_data_ptr<int32_t>();
+    rp_wide.assign(r32, r32 + g.OC + 1);
+    rpp = rp_wide.data();
+  }
+  sparse_conv::check_row_ptr(rpp, g.OC, col_idx.numel());  // col_idx is checked by the plan
 
   at::Tensor out = at::empty({g.N, g.OC, g.OH, g.OW}, input.options());
   if (g.N == 0) return out;
   const at::Tensor x = input.contiguous();
-  const at::Tensor vals = values.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_cpu", [&] {
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
-    sparse_conv_impl<scalar_t>(x, rpp, cip, vals, bp, g, out);
+    if (col_idx.scalar_type() == at::kInt)
+      sparse_conv_impl<scalar_t, int32_t>(x, rpp, col_idx.const_data_ptr<int32_t>(), values, bp, g, out);
+    else
+      sparse_conv_impl<scalar_t, int64_t>(x, rpp, col_idx.const_data_ptr<int64_t>(), values, bp, g, out);
   });
   return out;
 }

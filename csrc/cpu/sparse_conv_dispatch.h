@@ -30,7 +30,44 @@ struct Kernel {
     if constexpr (std::is_same_v<scalar_t, float>)
       isa.sparse_tiles(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
     else
-      slimkit_sparse_tiles<scalar_t>(in, seg, ncb, off, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
+      slimkit_sparse_tiles<scalar_t>(in, seg, ncb, PlanOffsets{off}, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y,
+                                     stage);
+  }
+  // The same with nonzero z reading at tab[ci[z]] (TableOffsets); ci's columns must have been
+  // checked against the table's length (columns_in_range).
+  template <typename index_t>
+  void tiles_table(const scalar_t* in, const int64_t* seg, int64_t ncb, const index_t* ci, const int32_t* tab,
+                   const scalar_t* val, const scalar_t* bias, int64_t oc0, int64_t oc1, int64_t t0, int64_t t1,
+                   int64_t OH, int64_t OW, int64_t Wq, scalar_t* y, scalar_t* stage) const {
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>)
+      isa.sparse_tiles_table32(in, seg, ncb, ci, tab, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
+    else if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int64_t>)
+      isa.sparse_tiles_table64(in, seg, ncb, ci, tab, val, bias, oc0, oc1, t0, t1, OH, OW, Wq, y, stage);
+    else
+      slimkit_sparse_tiles<scalar_t>(in, seg, ncb, TableOffsets<index_t>{ci, tab}, val, bias, oc0, oc1, t0, t1, OH,
+                                     OW, Wq, y, stage);
+  }
+  // M images of a narrow plane at once (slimkit_sparse_tiles_images), columns through tab.
+  template <typename index_t>
+  void tiles_images(const scalar_t* in, int64_t istride, int64_t M, const int64_t* seg, int64_t ncb,
+                    const index_t* ci, const int32_t* tab, const scalar_t* val, const scalar_t* bias, int64_t oc0,
+                    int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, scalar_t* y, int64_t ostride,
+                    scalar_t* stage) const {
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>)
+      isa.sparse_tiles_images32(in, istride, M, seg, ncb, ci, tab, val, bias, oc0, oc1, OH, OW, Wq, y, ostride, stage);
+    else if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int64_t>)
+      isa.sparse_tiles_images64(in, istride, M, seg, ncb, ci, tab, val, bias, oc0, oc1, OH, OW, Wq, y, ostride, stage);
+    else
+      slimkit_sparse_tiles_images<scalar_t>(in, istride, M, seg, ncb, TableOffsets<index_t>{ci, tab}, val, bias, oc0,
+                                            oc1, OH, OW, Wq, y, ostride, stage);
+  }
+  // Whether every column of ci[0 : nnz) lies in [0, K) (any dtype: only indices are read).
+  template <typename index_t>
+  bool columns_in_range(const index_t* ci, int64_t nnz, int64_t K) const {
+    if constexpr (std::is_same_v<index_t, int32_t>)
+      return isa.sparse_columns_in_range32(ci, nnz, K);
+    else
+      return isa.sparse_columns_in_range64(ci, nnz, K);
   }
   // sparse_linear's small-batch rows (float32, int32 columns); false if a column is out of range.
   bool gather_rows(const float* x, const int64_t* rp, const int32_t* ci, const float* val, const float* bias, float* y,

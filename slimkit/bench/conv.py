@@ -11,6 +11,11 @@ conv2d, this module's baseline):
   textbook alternative to a direct sparse convolution; at batch 64 only at 90 % and 95 %,
   its 300 MB im2col takes seconds) and ``compile`` (torch.compile'd dense conv2d; full
   run only);
+- ``sparse_conv2d`` on small planes: VGG-11 (width 0.5) on 28x28 MNIST runs its widest
+  layers on 3x3 output planes (128->256 and 256->256, 3x3, padding 1), 90 % sparse, batch 1
+  and 64 (quick: 1 and 8): ``native sparse`` against ``dense conv2d``. There the kernel's
+  tile is 1-2 vectors wide and runs the split-accumulator loop of sparse_conv_kernel.h
+  (issue 12: slimkit's runtime against ONNX Runtime at batch 1, docs/BENCHMARKS.md);
 - ``masked_conv2d`` training step (forward + backward for input, weight and bias) at
   batch 64: ``native masked``, ``dense conv2d`` (no mask), ``eager`` (conv2d on
   weight * mask, autograd through the product) and ``compile`` (that, torch.compile'd).
@@ -65,14 +70,14 @@ def _sparse_goal(sparsity: float):
 
 
 def _rows(op: str, batch: int, sparsity: float, samples: dict, baseline: str, goal_impl: str, goal, goal_text,
-          nbytes: int, notes: dict, peak: dict, quick: bool) -> list[dict]:
+          nbytes: int, notes: dict, peak: dict, quick: bool, shape: str = SHAPE_NAME) -> list[dict]:
     medians = {name: statistics.median(s) for name, s in samples.items()}
     rows = []
     for impl, s in samples.items():
         speedup = medians[baseline] / medians[impl]
         target = goal_text if impl == goal_impl and goal is not None and not quick else None
         met = None if target is None else bool(speedup >= goal)
-        rows.append({"op": op, "shape": SHAPE_NAME, "impl": impl, "batch": batch, "sparsity": sparsity,
+        rows.append({"op": op, "shape": shape, "impl": impl, "batch": batch, "sparsity": sparsity,
                      "median_ms": medians[impl], "ms": round(medians[impl], 3), "min_ms": min(s),
                      "repeats": len(s), "peak_extra_mb": peak.get(impl), "bytes": nbytes,
                      "speedup": speedup, "speedup_vs_eager": None, "speedup_vs_compile": None,
@@ -120,6 +125,39 @@ def _sparse_case(batch: int, sparsities, quick: bool) -> list[dict]:
         nbytes = (x.numel() + batch * OC * HW * HW + sw.nnz * 2) * 4
         rows += _rows("sparse_conv2d", batch, sparsity, samples, "dense conv2d", "native sparse", goal, goal_text,
                       nbytes, notes, peak, quick)
+    return rows
+
+
+#: The small-plane case: (in, out) channels of VGG-11 width 0.5's convolutions on 3x3 planes.
+SMALL_PLANE_LAYERS = ((128, 256), (256, 256))
+SMALL_PLANE_HW, SMALL_PLANE_SPARSITY = 3, 0.9
+
+
+def _small_plane_case(batch: int, quick: bool) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from slimkit.bench._common import native_note
+    from slimkit.bench.timing import interleaved_times
+    from slimkit.ops.conv import SparseConvWeight, sparse_conv2d
+
+    gen = torch.Generator().manual_seed(2)
+    rows = []
+    for c, oc in SMALL_PLANE_LAYERS:
+        x = torch.randn(batch, c, SMALL_PLANE_HW, SMALL_PLANE_HW, generator=gen)
+        w = _prune(torch.randn(oc, c, K, K, generator=gen), SMALL_PLANE_SPARSITY)
+        sw = SparseConvWeight.from_dense(w)
+        native_ok, why = native_note(x, "slimkit::sparse_conv2d")
+        fns = {"native sparse": lambda sw=sw, x=x: sparse_conv2d(x, sw, None, 1, PAD),
+               "dense conv2d": lambda w=w, x=x: F.conv2d(x, w, None, 1, PAD)}
+        with torch.inference_mode():
+            samples = interleaved_times(fns, warmup=1 if quick else 5, repeats=3 if quick else (15 if batch > 8 else 101))
+        path = "direct sparse kernel (narrow tiles)" if sw.uses_sparse and native_ok else "dense conv2d path"
+        notes = {"native sparse": f"{path}: {sw.reason}" + ("" if native_ok else f"; {why}")}
+        shape = f"{K}x{K} {c}->{oc} {SMALL_PLANE_HW}x{SMALL_PLANE_HW} pad{PAD} fp32"
+        nbytes = (x.numel() + batch * oc * SMALL_PLANE_HW ** 2 + sw.nnz * 2) * 4
+        rows += _rows("sparse_conv2d small plane", batch, SMALL_PLANE_SPARSITY, samples, "dense conv2d", "native sparse",
+                      None, None, nbytes, notes, {}, quick, shape=shape)
     return rows
 
 
@@ -175,6 +213,8 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for batch in batches:
         rows += _sparse_case(batch, sparsities, quick)
+    for batch in batches:
+        rows += _small_plane_case(batch, quick)
     rows += _masked_case(train_batch, 0.9, quick)
     return rows
 

@@ -46,7 +46,9 @@ WIDE_FAN_IN = 2048
 #: planes most vector lanes are padding. Measured in VGG-11 (width 0.5, 28x28 MNIST input,
 #: 90 % sparse, 1 thread; dense conv2d time / sparse kernel time) at batch 1 / 8 / 64:
 #: 7x7 planes 2.3x / - / 2.3-2.4x, 3x3 planes 3.3-3.6x / 0.97-1.0x / 1.05-1.08x, 1x1 planes
-#: 0.28x / 0.31x / 0.15x. So 3x3 planes (9 positions) run sparse and 1x1 planes dense.
+#: 0.28x / 0.31x / 0.15x. So 3x3 planes (9 positions) run sparse and 1x1 planes dense. (The
+#: kernel's narrow-plane loops have since made 3x3 planes 5-8x dense at batch 1 and 2.2-2.8x
+#: at batch 64: docs/BENCHMARKS.md, issue 12, run 6.)
 SPARSE_MIN_POSITIONS = 9
 
 

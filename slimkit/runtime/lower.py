@@ -6,8 +6,9 @@ decided once, with the rules its eager ``forward`` applies on every call
 
 * it runs the kernel: the node becomes a ``call_function`` of
   ``torch.ops.slimkit.sparse_conv2d`` / ``sparse_linear`` on constant CSR tensors held by
-  the graph module (conv indices pre-converted to int64, the kernel's own index type, so
-  no call converts them again). No Python runs per layer once the graph is frozen or
+  the graph module (indices as stored, int32: the kernels read int32 and int64 columns
+  as they are, and int32 halves the index bytes streamed per call). No Python runs per
+  layer once the graph is frozen or
   compiled; in the eager graph the op is called straight, without the module's checks;
 * it would run dense (sparsity under the crossover, a tiny output plane, a call under
   the MAC floor, no native kernels): the node becomes a plain ``nn.Conv2d`` /
@@ -102,12 +103,8 @@ def _to_kernel_call(gm, node, layer, kind, index: int) -> fx.Node:
     graph = gm.graph
     prefix = f"_csr{index}"
     with graph.inserting_before(node):
-        if kind == "conv":
-            rp = _attr(gm, graph, prefix + "_row_ptr", layer.row_ptr.long())
-            ci = _attr(gm, graph, prefix + "_col_idx", layer.col_idx.long())
-        else:
-            rp = _attr(gm, graph, prefix + "_row_ptr", layer.row_ptr)
-            ci = _attr(gm, graph, prefix + "_col_idx", layer.col_idx)
+        rp = _attr(gm, graph, prefix + "_row_ptr", layer.row_ptr)
+        ci = _attr(gm, graph, prefix + "_col_idx", layer.col_idx)
         vals = _attr(gm, graph, prefix + "_values", layer.values)
         bias = _attr(gm, graph, prefix + "_bias", layer._buffers.get("bias"))
         shape = [int(s) for s in layer.weight_shape]
