@@ -79,7 +79,8 @@ def baseline_key(cfg: RunConfig, bundle) -> str:
     blob = json.dumps({"model": cfg.model, "model_options": cfg.model_options, "data": data_id,
                        "data_description": bundle.description, "seed": cfg.seed, "epochs": cfg.baseline_epochs,
                        "lr": cfg.lr, "optimizer": cfg.optimizer, "batch_size": cfg.batch_size,
-                       "val_fraction": cfg.val_fraction, "version": __version__}, sort_keys=True)
+                       "val_fraction": cfg.val_fraction, "version": __version__,
+                       "schedule": "warmup-cosine"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

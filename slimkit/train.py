@@ -1,8 +1,8 @@
 """The one training loop. Baselines and every method train through :class:`Trainer`.
 
 Per epoch: a seeded shuffle of the train split (sharded across ranks under torchrun),
-SGD (momentum 0.9, weight decay 5e-4) or Adam, a cosine learning-rate schedule over all
-steps, evaluation on the validation split, one line in metrics.jsonl, and a checkpoint
+SGD (momentum 0.9, weight decay 5e-4) or Adam, a learning rate that rises linearly over the
+first steps (:func:`warmup_steps`) and then follows a cosine over the rest, evaluation on the validation split, one line in metrics.jsonl, and a checkpoint
 that ``--resume`` continues from. At the end the best epoch by validation accuracy is
 restored (callbacks can mark an epoch ineligible, e.g. while a pruning schedule is
 still raising sparsity). Reported accuracies come from the test split.
@@ -29,6 +29,23 @@ from slimkit.errors import TrainingDiverged, UserError
 from slimkit.nn import zero_pruned
 
 FINETUNE_LR_FACTOR = 0.2  # methods fine-tune from a fifth of the baseline's rate unless told otherwise
+WARMUP_FRACTION = 0.05  # of a run's steps, at most one epoch
+
+
+def warmup_steps(total_steps: int, steps_per_epoch: int) -> int:
+    """Steps of linear learning-rate warm-up (Goyal et al. 2017, "Accurate, Large Minibatch SGD"):
+    5 % of the run, at most one epoch. Without it, deep BatchNorm ResNets diverge in their first
+    steps at SGD's 0.1: resnet56 on the MNIST split went to loss 5.8 by step 10 and stayed at
+    chance (12 % after two epochs); with it the loss was 0.25 by step 60."""
+    return max(1, min(steps_per_epoch, int(total_steps * WARMUP_FRACTION)))
+
+
+def lr_factor(step: int, total_steps: int, warmup: int) -> float:
+    """The schedule's multiplier of the base rate at ``step``: linear warm-up, then cosine to 0."""
+    step = min(step, total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
 
 class Interrupted(Exception):
@@ -116,8 +133,9 @@ class Trainer:
         steps_per_epoch = math.ceil(data.size("train") / (per_rank_batch * self.dist.world_size))
         total_steps = max(1, epochs * steps_per_epoch)
         opt = self._optimizer(optimizer, trainable, lr) if trainable else None
+        warmup = warmup_steps(total_steps, steps_per_epoch)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) if opt else None
+            opt, lambda s: lr_factor(s, total_steps, warmup)) if opt else None
 
         history: list[dict] = []
         start_epoch, step = 0, 0

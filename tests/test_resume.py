@@ -49,3 +49,16 @@ def test_interrupt_then_resume_matches_uninterrupted(tmp_path):
     a = storage.load_model(out / "model.slim", get_registry()).model.state_dict()
     b = storage.load_model(reference / "model.slim", get_registry()).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
+    from slimkit.train import lr_factor, warmup_steps
+    assert warmup_steps(2500, 125) == 125          # 5 % of 20 epochs = one epoch
+    assert warmup_steps(250, 125) == 12            # 5 % of 2 epochs
+    assert warmup_steps(10, 10) == 1               # never zero
+    w = warmup_steps(2500, 125)
+    assert lr_factor(0, 2500, w) == 1 / 125
+    assert lr_factor(61, 2500, w) == 62 / 125
+    assert lr_factor(w, 2500, w) == 1.0            # the peak, then the cosine
+    assert abs(lr_factor(w + (2500 - w) // 2, 2500, w) - 0.5) < 1e-3
+    assert lr_factor(2500, 2500, w) == 0.0 and lr_factor(9999, 2500, w) == 0.0
