@@ -30,6 +30,8 @@ from slimkit.nn import zero_pruned
 
 FINETUNE_LR_FACTOR = 0.2  # methods fine-tune from a fifth of the baseline's rate unless told otherwise
 WARMUP_FRACTION = 0.05  # of a run's steps, at most one epoch
+COLLAPSE_FRACTION = 0.5  # an epoch below half the best validation accuracy so far has collapsed
+MAX_RECOVERIES = 3
 
 
 def warmup_steps(total_steps: int, steps_per_epoch: int) -> int:
@@ -101,6 +103,31 @@ class Trainer:
         base = self.base_lr if self.base_lr is not None else DEFAULT_LR[optimizer]
         return base * FINETUNE_LR_FACTOR if fine_tune else base
 
+    def _recover(self, model, opt, sched, best_state: dict, best_acc: float, metrics: dict, history: list):
+        """A collapsed epoch (validation accuracy below half the best so far, e.g. LeNet-5 at SGD's
+        0.1 on the MNIST split, 1 thread: 89.8 % after epoch 1, then loss 3.95 and 10.4 % for the
+        other 19 epochs) is rolled back: the best weights come back, momentum is cleared and the
+        rest of the schedule runs at half the rate. This is the usual manual remedy, automated
+        for baselines, which every later stage and every comparison stands on; a method stage
+        that collapses is flagged in the report instead (its losses are the method's own)."""
+        done = sum(1 for h in history if h.get("recovered"))
+        if done >= MAX_RECOVERIES:
+            raise TrainingDiverged(
+                f"stage {metrics['stage']}: validation accuracy collapsed {done + 1} times (now "
+                f"{metrics['val_accuracy']:.4f}, best {best_acc:.4f}); try a lower --lr")
+        model.load_state_dict(best_state)
+        opt.state.clear()
+        sched.base_lrs = [lr / 2 for lr in sched.base_lrs]
+        for group, factor_lr in zip(opt.param_groups, sched.get_last_lr()):
+            group["lr"] = factor_lr / 2
+        message = (f"{metrics['stage']}: validation accuracy collapsed at epoch {metrics['epoch']} "
+                   f"({metrics['val_accuracy']:.4f} after a best of {best_acc:.4f}); the best epoch's weights "
+                   f"were restored and the learning rate halved for the rest of the schedule")
+        metrics["recovered"] = {"kind": "recovered", "stage": metrics["stage"], "epoch": metrics["epoch"],
+                                "val_accuracy": metrics["val_accuracy"], "best_val_accuracy": best_acc,
+                                "message": message}
+        self.reporter.log(f"[yellow]{message}[/yellow]")
+
     def _optimizer(self, name: str, params, lr: float):
         if name == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -114,8 +141,12 @@ class Trainer:
 
     def fit(self, model: nn.Module, ctx, *, epochs: int, lr: float | None, loss=None,
             callbacks=(), params=None, optimizer: str = "sgd", label: str = "train", data=None,
-            evaluate: bool = True) -> list[dict]:
+            evaluate: bool = True, recover: bool | None = None) -> list[dict]:
+        """Train ``model`` for ``epochs``; the best epoch by validation accuracy is restored at the end.
+        ``recover`` (default: for baselines only) handles a collapse (see :meth:`_recover`)."""
         data = data or ctx.data
+        if recover is None:
+            recover = label == "baseline"
         callbacks = list(callbacks)
         call = self._calls.get(label, 0)
         self._calls[label] = call + 1
@@ -241,7 +272,10 @@ class Trainer:
                         cb.on_epoch_end(model, epoch + 1, metrics)
                     history.append(metrics)
                     eligible = metrics.get("checkpoint_ok", True)
-                    if evaluate and eligible and metrics["val_accuracy"] > best_acc:
+                    if recover and evaluate and best_state is not None and \
+                            metrics["val_accuracy"] < COLLAPSE_FRACTION * best_acc:
+                        self._recover(model, opt, sched, best_state, best_acc, metrics, history)
+                    elif evaluate and eligible and metrics["val_accuracy"] > best_acc:
                         best_acc = metrics["val_accuracy"]
                         best_state = copy.deepcopy(model.state_dict())
                     self._write_metrics(metrics)
