@@ -194,6 +194,37 @@ def test_round_to_keeps_multiples():
     assert all(c.out_channels % 4 == 0 for c in convs_of(out))
 
 
+def test_round_to_counts_channels_and_leaves_small_groups_exact():
+    assert next(o for o in fp.FilterPrune().options if o.name == "round_to").default == 8
+    model = resnet(width=1.0)  # groups of 16, 32 and 64 channels
+    graph = fp.graph_for(model, (3, 8, 8))
+    widths = {graph.channels_per_atom(g) for g in graph.groups}
+    assert widths == {1}
+    steps = fp.rounding_steps(graph, 8)
+    assert set(steps.values()) == {8} and len(steps) == len([g for g in graph.groups if len(g.atoms) >= 16])
+    out = fp.prune_channels(model, (3, 8, 8), ratio=0.3, round_to=8)  # 16-5, 32-10, 64-19 rounded up
+    assert sorted({c.out_channels for c in convs_of(out)}) == [16, 24, 48]
+    out = fp.prune_channels(model, (3, 8, 8), ratio=0.5, round_to=8)
+    assert sorted({c.out_channels for c in convs_of(out)}) == [8, 16, 32]
+    small = resnet(width=0.25)  # 4, 8 and 16 channels: only the 16-channel groups are rounded
+    out = fp.prune_channels(small, (3, 8, 8), ratio=0.5, round_to=8)
+    assert sorted({c.out_channels for c in convs_of(out)}) == [2, 4, 8]
+
+
+def test_round_to_counts_an_attention_heads_channels():
+    vit = zoo.MODELS["vit"][0]((1, 8, 8), 10, dim=32, depth=1, heads=8, seed=0).eval()  # heads of 4 channels
+    graph = fp.graph_for(vit, (1, 8, 8))
+    heads = [g for g in graph.groups if graph.channels_per_atom(g) == 4]
+    assert len(heads) == 1 and len(heads[0].atoms) == 8
+    assert fp.rounding_steps(graph, 8)[heads[0].index] == 2  # two heads make 8 channels
+    out = fp.prune_channels(vit, (1, 8, 8), ratio=0.3, round_to=8)  # 8 heads - round(2.4) = 6 heads, 24 channels
+    assert out.blocks[0].attn.q.out_features == 24
+    out = fp.prune_channels(vit, (1, 8, 8), ratio=0.4, round_to=8)  # 5 heads -> 6 (an even count)
+    assert out.blocks[0].attn.q.out_features == 24
+    wide = zoo.MODELS["vit"][0]((1, 8, 8), 10, dim=32, depth=1, heads=2, seed=0).eval()  # heads of 16
+    assert fp.prune_channels(wide, (1, 8, 8), ratio=0.5, round_to=8).blocks[0].attn.q.out_features == 16
+
+
 def test_exclude_leaves_matching_layers_alone():
     model = resnet()
     out = fp.prune_channels(model, (3, 8, 8), ratio=0.5, exclude="layer2.*")
@@ -246,7 +277,7 @@ def test_check_refuses_untraceable_and_apply_refuses_unfollowable(tmp_path):
 def test_through_the_engine_with_steps_and_fine_tuning(tmp_path):
     model = resnet()
     method = fp.FilterPrune()
-    opts = opts_for(method, ratio=0.5, steps=2, epochs=1)
+    opts = opts_for(method, ratio=0.5, steps=2, epochs=1, round_to=1)  # exact counts: the steps are checked
     method.check(model, opts)
     ctx = make_ctx(tmp_path, epochs=1)
     out = method.apply(model, ctx, opts)

@@ -31,6 +31,8 @@ fx node (name and op) and why, before anything is changed.
 """
 from __future__ import annotations
 
+import math
+
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -322,6 +324,20 @@ class ChannelGraph:
                 gs = {where[int(r)].index for r in np.unique(self.roots(lab)) if int(r) in where}
                 for gi in gs:
                     self.groups[gi].params.append((rec, d))
+
+    def channels_per_atom(self, group: Group) -> int:
+        """How many channels one of ``group``'s atoms stands for: 1 for a conv filter, ``D`` for an
+        attention head of ``D`` channels (the fewest entries an atom has in any of the group's
+        parameter dimensions; a conv flattened into a Linear has H*W columns there, but one
+        output row in the conv). The gcd over the group's atoms."""
+        width, members = 0, set(group.atoms)
+        for rec, d in group.params:
+            roots = self.roots(rec.labels[d])
+            values, counts = np.unique(roots[roots != FIXED], return_counts=True)
+            for a, c in zip(values.tolist(), counts.tolist()):
+                if a in members:
+                    width = math.gcd(width, int(c)) if width else int(c)
+        return width or 1
 
     def restore_minimum(self, remove: set, score: Callable[[int], float] | None = None) -> set:
         """Take atoms out of ``remove`` so that every dimension keeps at least one entry."""
