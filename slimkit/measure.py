@@ -81,13 +81,15 @@ def latency_note(*, batch_size: int, repeats: int, warmup: int, device, models: 
 @torch.no_grad()
 def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: int = 1,
                     warmup: int = LATENCY_WARMUP, repeats: int = LATENCY_REPEATS, device="cpu") -> dict[str, float]:
-    """Median milliseconds per forward pass of each model, timed interleaved in one run."""
+    """Median milliseconds per forward pass of each model (a module, or any callable such as a
+    :class:`~slimkit.runtime.RuntimeModel`), timed interleaved in one run."""
     x = torch.randn(batch_size, *input_shape, device=device)
     cuda = torch.device(device).type == "cuda"
     times = {name: [] for name in models}
     with ExitStack() as stack:  # eval mode while timing; every module's own mode restored after
         for m in models.values():
-            stack.enter_context(eval_mode(m))
+            if isinstance(m, nn.Module):  # a compiled runtime model is a plain callable
+                stack.enter_context(eval_mode(m))
             for _ in range(warmup):
                 m(x)
         for _ in range(repeats):

@@ -117,6 +117,9 @@ def test_info_times_the_model_against_its_baseline(run_dir, capsys):
     ms = desc["latency"]["ms"]
     assert set(ms) >= {"model", "against"} and desc["against"].endswith("baseline.slim")
     assert desc["latency_against_ms"] == ms["against"] and desc["speedup_vs_against"] == ms["against"] / ms["model"]
+    # both again in slimkit's runtime (BatchNorm folded, one compiled graph), in the same interleaved run
+    assert desc["runtime_against_ms"] == ms["runtime_against"] and desc["runtime_latency_ms"] == ms["runtime_model"]
+    assert desc["runtime_speedup_vs_against"] == ms["runtime_against"] / ms["runtime_model"]
     assert cli("info", run_dir / "model.slim", "--against", run_dir / "baseline.slim") == 2
     assert "--against needs --latency" in capsys.readouterr().err
 

@@ -134,12 +134,14 @@ def test_latency_times_the_dense_twin_and_states_its_arguments(files):
     assert proc.returncode == 0, proc.stderr
     desc = json.loads(proc.stdout)
     assert desc["latency"]["repeats"] == 3 and desc["latency"]["warmup"] == 2 and desc["latency"]["batch_size"] == 8
-    assert set(desc["latency"]["ms"]) == {"model", "dense", "sparse_inference"}
+    assert set(desc["latency"]["ms"]) == {"model", "dense", "sparse_inference", "runtime_model"}
+    assert desc["runtime_latency_ms"] == desc["latency"]["ms"]["runtime_model"] > 0  # slimkit's runtime, same run
     assert "median of 3 forward passes at batch 8 after 2 warm-up" in desc["latency_note"]
     assert desc["batch_sizes"] == [1, 8, 64]
     assert all(set(r["kernels"]) == {"batch 1", "batch 8", "batch 64"} for r in desc["layers"] if r["layer"] in FC)
     table = run_slimkit("info", files / "csr.slim", "--latency", "--runs", "4", "--warmup", "0").stdout
     assert "median of 4 forward passes at batch 1 after 0 warm-up" in table and "dense twin" in table
+    assert "slimkit runtime (slimkit.load, slimkit run):" in table
 
 
 def test_dense_fp32_reference_is_the_same_bytes_for_masked_and_csr(files):
