@@ -244,7 +244,7 @@ def _vit_attention(model):
     return [m for m in model.modules() if isinstance(m, Attention)]
 
 
-def tp_prune(model, example, importance, scope, ratio):
+def tp_prune(model, example, importance, scope, ratio, round_to=1):
     """Torch-Pruning's MetaPruner at one ``ratio`` on ``model`` in place (one step), configured as its ViT example
     is: the classifier ignored; q, k, v given their head counts, whole heads pruned, head dims kept."""
     heads = {}
@@ -254,16 +254,17 @@ def tp_prune(model, example, importance, scope, ratio):
     kw = dict(num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio) if heads else {}
     pruner = tp.pruner.MetaPruner(model, example, importance=TP_IMPORTANCE[importance](),
                                   global_pruning=scope == "global", pruning_ratio=ratio,
-                                  ignored_layers=output_layers(model, example), **kw)
+                                  ignored_layers=output_layers(model, example),
+                                  round_to=round_to if round_to > 1 else None, **kw)
     pruner.step()
     return model
 
 
-def tp_to_macs(model, example, importance, scope, target, macs):
+def tp_to_macs(model, example, importance, scope, target, macs, round_to=1):
     """Torch-Pruning on a copy of ``model`` at the least ratio with ``macs(pruned) <= target`` (the same bisection as
     filter-prune macs=); returns (pruned model, ratio)."""
     def trial(ratio):
-        return tp_prune(copy.deepcopy(model).eval(), example, importance, scope, ratio)
+        return tp_prune(copy.deepcopy(model).eval(), example, importance, scope, ratio, round_to)
 
     lo, hi = 0.0, 0.95
     if macs(trial(hi)) <= target:
@@ -302,7 +303,8 @@ def make_tp_method():
                    Option("importance", str, "l1", "l1 (GroupMagnitudeImportance p=1) or bn-scale (BNScaleImportance)",
                           choices=tuple(TP_IMPORTANCE)),
                    Option("scope", str, "per-layer", "per-layer or global (global_pruning)",
-                          choices=("per-layer", "global"))]
+                          choices=("per-layer", "global")),
+                   Option("round_to", int, 1, "MetaPruner's round_to (1 = None)", min=1, max=256)]
 
         def apply(self, model, ctx, opts):
             shape = tuple(ctx.data.input_shape)
@@ -310,7 +312,7 @@ def make_tp_method():
             macs = lambda m: count_macs(m, shape)["dense"]  # noqa: E731 -- slimkit's counter for both tools
             before, params_before = macs(model), count_params(model)
             target = opts["macs"] * before
-            model, hi = tp_to_macs(model, example, opts["importance"], opts["scope"], target, macs)
+            model, hi = tp_to_macs(model, example, opts["importance"], opts["scope"], target, macs, opts["round_to"])
             refresh_spec_args(model)
             ctx.log(f"torch-pruning: ratio {hi:.4f}, MACs {macs(model) / before:.1%}, "
                     f"params {count_params(model) / params_before:.1%}")
@@ -335,7 +337,8 @@ def run_tool(tool, model, model_options, args, seed, importance, scope):
     tag = "".join(f"-{k}={v}" for k, v in extra.items())
     out = Path(args.out) / f"{model}-{importance}-{scope}-s{seed}-{tool}{tag}"
     cfg = RunConfig(model=model, model_options=model_options, data=args.data, methods=[method],
-                    options={method: {"macs": args.macs, "importance": importance, "scope": scope, **extra}},
+                    options={method: {"macs": args.macs, "importance": importance, "scope": scope,
+                                      "round_to": args.round_to, **extra}},
                     epochs=args.epochs, baseline_epochs=args.baseline_epochs, seed=seed, quiet=True, latency=False,
                     optimizer=args.optimizer, lr=args.lr,
                     out=str(out))
@@ -536,6 +539,8 @@ def main():
     b.add_argument("--out", default="runs/tp-compare")
     b.add_argument("--tools", default="slimkit,torch-pruning", help="which of the two to run")
     b.add_argument("--sk-set", default="", help="more filter-prune options, e.g. norm_over=filters")
+    b.add_argument("--round-to", type=int, default=1, help="channel multiple for both tools (slimkit's round_to, "
+                   "MetaPruner's round_to); 1 = exact counts, so that both reach the MACs target as closely")
     b.add_argument("--json", default="")
     d = sub.add_parser("latency", help="re-time finished finetune runs, interleaved, more rounds")
     d.add_argument("runs", nargs="+", help="OUT/MODEL-IMPORTANCE-SCOPE-sSEED (without -slimkit/-torch-pruning)")
