@@ -460,7 +460,7 @@ def run(
     warmup: int = typer.Option(10, "--warmup", help="Untimed calls first (benchmark)."),
     input_file: Optional[Path] = typer.Option(None, "--input", help="Predict this .npy array instead of timing."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Save the predictions (.npy)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (measured), jit, compile or eager."),
+    backend: str = typer.Option("auto", "--backend", help="auto (measured), jit, freeze, compile, onnxruntime or eager."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Run a .slim model through slimkit's runtime: benchmark it against eager, or predict --input."""
@@ -496,7 +496,8 @@ def bench_models(
     threads: List[int] = typer.Option([1, 2], "--threads", help="Intra-op threads (repeat)."),
     batch: List[int] = typer.Option([1, 64], "--batch", help="Batch sizes (repeat)."),
     rounds: int = typer.Option(15, help="Interleaved timed rounds per cell."),
-    candidates: str = typer.Option("jit,freeze,eager", help="Runtime backends to choose among (comma-separated)."),
+    candidates: str = typer.Option("jit,freeze,onnxruntime,eager",
+                                   help="Runtime backends to choose among (comma-separated)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Whole .slim models: eager / torch.compile / ONNX Runtime dense against slimkit's runtime, interleaved."""

@@ -223,6 +223,36 @@ def test_zoo_model_through_runtime_equals_eager(name, variant):
     _check(model, shape, "jit")
 
 
+@pytest.mark.parametrize("name", ["resnet20", "vit"])
+def test_onnxruntime_backend_runs_dense_and_filter_pruned_models(name):
+    pytest.importorskip("onnxruntime")
+    from slimkit.models import zoo
+    from slimkit_plugins import filter_prune as fp
+
+    if name == "vit":
+        factory, shape = (lambda: zoo.MODELS["vit"][0](MNIST, 10, dim=32, depth=1, heads=2, seed=0)), MNIST
+    else:
+        factory, shape = ZOO[name]
+    model = _randomize_bn(factory()).eval()
+    pruned = fp.prune_channels(model, shape, ratio=0.5, round_to=8).eval()
+    for m in (model, pruned):
+        rm = _check(m, shape, "onnxruntime")
+        assert rm.report()["shapes"][0]["backend"] == "onnxruntime"
+
+
+def test_onnxruntime_backend_refuses_a_graph_with_slimkit_kernels():
+    pytest.importorskip("onnxruntime")
+    from slimkit.runtime.select import choose
+
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125))).eval()
+    rm = RuntimeModel(model, MNIST, candidates=("onnxruntime", "eager"), remeasure=True)
+    info = rm.prepare(1)
+    if any(e["path"] == "sparse kernel" for e in info["layers"]):
+        assert info["backend"] == "eager"
+        assert "slimkit's sparse kernels" in info["choice"]["rejected"]["onnxruntime"]
+    assert choose is not None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vgg11", "resnet20", "lenet300"])
 def test_compile_backend_equals_eager(name):

@@ -173,7 +173,7 @@ def _sparsity(model) -> float:
 
 
 def models_command(models: list[tuple[str, str]], *, threads=(1, 2), batches=(1, 64), rounds: int = 15,
-                   candidates=("jit", "freeze", "eager"), baselines: dict[str, str] | None = None) -> dict[str, Any]:
+                   candidates=("jit", "freeze", "onnxruntime", "eager"), baselines: dict[str, str] | None = None) -> dict[str, Any]:
     """Benchmark each (name, .slim path), with ``baselines`` ``{name: uncompressed .slim}`` where given;
     returns ``{"machine", "load_before", "load_after", "rows"}``."""
     from slimkit.bench import _machine
