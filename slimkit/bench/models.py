@@ -22,6 +22,12 @@ enough (>= ~5 ms) to be above timer noise; medians and interquartile ranges per 
   speed-up structured pruning gives inside ONNX Runtime, and ``ort baseline / runtime``
   slimkit's runtime against the uncompressed model there. Its output is checked against
   the baseline's own eager output (the weights differ from the compressed model's).
+* ``deepsparse``: Neural Magic's DeepSparse (the reference sparse CPU engine, end-of-life at
+  1.8) on the dense ONNX file, zeros included, which it exploits; only when ``deepsparse``
+  imports (never a dependency: it pins numpy < 2 and onnx 1.14, so it lives in its own
+  virtual environment; docs/BENCHMARKS.md says how). Its file comes from the TorchScript
+  exporter at opset 13 with the batch fixed, which DeepSparse 1.8 reads; one engine per
+  batch size and thread count (``num_cores`` = threads).
 
 Every column's output is checked against eager before it is timed. The machine, its
 load average before and after, and the runtime's choices go into the result.
@@ -38,7 +44,7 @@ import torch
 
 __all__ = ["COLUMNS", "models_command"]
 
-COLUMNS = ("eager dense", "compile dense", "ort dense", "runtime dense", "runtime", "ort baseline")
+COLUMNS = ("eager dense", "compile dense", "ort dense", "runtime dense", "runtime", "ort baseline", "deepsparse")
 MIN_SAMPLE_MS = 5.0
 
 
@@ -52,18 +58,35 @@ def _ort_session(model, shape, threads: int, workdir: Path, name: str):
     from slimkit.export import export_model
 
     path = workdir / f"{name}.onnx"
+    how = ""
     if not path.exists():
         try:
             export_model(model, shape, "onnx", path)
         except UserError as exc:
-            return None, str(exc)
+            # e.g. beside DeepSparse, which pins onnx 1.14, too old for PyTorch's dynamo exporter:
+            # the TorchScript exporter writes the same graph (dynamic batch), checked below like any column
+            try:
+                _torchscript_onnx(model, shape, path)
+            except Exception:
+                return None, str(exc)
+            how = f" (TorchScript exporter: slimkit export failed here: {str(exc)[:80]})"
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, f"onnxruntime {ort.__version__}"
+    return session, f"onnxruntime {ort.__version__}{how}"
+
+
+def _torchscript_onnx(model, shape, path: Path, opset: int = 17) -> None:
+    import warnings
+
+    x = torch.zeros(2, *shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def _ort_call(entry: dict, column: str, model, name: str, threads: int, workdir: Path, x: torch.Tensor):
@@ -77,6 +100,34 @@ def _ort_call(entry: dict, column: str, model, name: str, threads: int, workdir:
         return None, note
     feed = {session.get_inputs()[0].name: x.numpy()}
     return (lambda: session.run(None, feed)), note
+
+
+def _deepsparse_call(entry: dict, batch: int, threads: int, workdir: Path, x: torch.Tensor):
+    """``(a call running DeepSparse on ``x`` or None, the note)``; the engine is kept in ``entry``."""
+    key = ("deepsparse", batch, threads)
+    if key not in entry:
+        try:
+            import deepsparse
+        except ImportError:
+            entry[key] = None, "deepsparse not installed (optional; see docs/BENCHMARKS.md)"
+        else:
+            import warnings
+
+            path = workdir / f"{entry['name']}-b{batch}-opset13.onnx"
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(entry["dense"], (x,), str(path), dynamo=False, opset_version=13,
+                                      input_names=["input"], output_names=["logits"])
+                engine = deepsparse.compile_model(str(path), batch_size=batch, num_cores=threads)
+                entry[key] = engine, f"deepsparse {deepsparse.__version__}"
+            except Exception as exc:  # an engine that cannot take the model is a note, not a crash
+                entry[key] = None, f"deepsparse failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+    engine, note = entry[key]
+    if engine is None:
+        return None, note
+    feed = [x.numpy()]
+    return (lambda: engine.run(feed)), note
 
 
 def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates) -> tuple[dict, dict, torch.Tensor]:
@@ -107,6 +158,7 @@ def _callables(entry: dict, batch: int, threads: int, workdir: Path, candidates)
             wants["ort baseline"] = base(x)
         fns["ort baseline"], notes["ort baseline"] = _ort_call(entry, "ort baseline", base, entry["name"] + "-baseline",
                                                                threads, workdir, x)
+    fns["deepsparse"], notes["deepsparse"] = _deepsparse_call(entry, batch, threads, workdir, x)
     checks = {}
     with torch.no_grad():
         for name, fn in fns.items():
@@ -217,7 +269,9 @@ def _row(entry: dict, threads: int, batch: int, samples: dict, extra: dict) -> d
     return {"model": entry["name"], "sparsity": entry["sparsity"], "threads": threads, "batch": batch,
             "columns": cols, "runtime_vs_ort": ort / runtime if ort and runtime else None,
             "ort_vs_ort_baseline": ort_base / ort if ort and ort_base else None,
-            "runtime_vs_ort_baseline": ort_base / runtime if runtime and ort_base else None}
+            "runtime_vs_ort_baseline": ort_base / runtime if runtime and ort_base else None,
+            "runtime_vs_deepsparse": (cols["deepsparse"]["median_ms"] / runtime
+                                      if runtime and cols["deepsparse"]["median_ms"] else None)}
 
 
 def print_models(result: dict, console) -> None:
@@ -231,8 +285,10 @@ def print_models(result: dict, console) -> None:
     table = Table(title=title, caption="median ms per call (IQR), x = speed-up over eager dense; "
                                        "runtime/ort > 1 means slimkit's runtime is faster than ONNX Runtime dense")
     with_base = any(r["columns"]["ort baseline"]["median_ms"] for r in result["rows"])
-    columns = COLUMNS if with_base else COLUMNS[:-1]
-    for col in ("model", "threads", "batch", *columns, "runtime/ort", *(("ort baseline/ort",) if with_base else ())):
+    with_ds = any(r["columns"]["deepsparse"]["median_ms"] for r in result["rows"])
+    columns = [c for c in COLUMNS if (c != "ort baseline" or with_base) and (c != "deepsparse" or with_ds)]
+    for col in ("model", "threads", "batch", *columns, "runtime/ort", *(("ort baseline/ort",) if with_base else ()),
+                *(("runtime/deepsparse",) if with_ds else ())):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in result["rows"]:
         cells = []
@@ -240,13 +296,14 @@ def print_models(result: dict, console) -> None:
             c = r["columns"][name]
             cells.append("-" if c["median_ms"] is None else
                          f"{c['median_ms']:.3f} ({c['iqr_ms']:.3f}) {c['speedup_vs_eager']:.2f}x")
-        ratios = [r["runtime_vs_ort"]] + ([r["ort_vs_ort_baseline"]] if with_base else [])
+        ratios = ([r["runtime_vs_ort"]] + ([r["ort_vs_ort_baseline"]] if with_base else [])
+                  + ([r.get("runtime_vs_deepsparse")] if with_ds else []))
         table.add_row(f"{r['model']} ({r['sparsity']:.0%} sparse)", str(r["threads"]), str(r["batch"]), *cells,
                       *("-" if v is None else f"{v:.2f}" for v in ratios))
     console.width = max(console.width, 190)
     console.print(table)
     notes = {(r["model"], name, c["note"]) for r in result["rows"] for name, c in r["columns"].items()
-             if c["note"] and name in ("ort dense", "ort baseline")}
+             if c["note"] and name in ("ort dense", "ort baseline", "deepsparse")}
     for model, name, note in sorted(notes):
         console.print(f"{model} {name}: {note}", markup=False)
     for r in result["rows"]:
