@@ -10,6 +10,7 @@ hits them alike.
 """
 from __future__ import annotations
 
+import random
 import statistics
 import tempfile
 import time
@@ -92,8 +93,14 @@ def measure_latency(models: dict[str, nn.Module], input_shape, *, batch_size: in
                 stack.enter_context(eval_mode(m))
             for _ in range(warmup):
                 m(x)
+        # a shuffled order every round (fixed seed): in a fixed order each model always follows
+        # the same neighbour, whose cache footprint it inherits, and that bias lands on one side
+        # of the comparison (slimkit.bench.timing.interleaved_times does the same)
+        shuffle, names = random.Random(0).shuffle, list(models)
         for _ in range(repeats):
-            for name, m in models.items():
+            shuffle(names)
+            for name in names:
+                m = models[name]
                 if cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
