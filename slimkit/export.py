@@ -164,6 +164,42 @@ def _require(module: str, what: str):
                         f"{EXTRA_HINT}") from None
 
 
+def torchscript_onnx(model: nn.Module, example: torch.Tensor, out, *, opset: int | None = None,
+                     dynamic_batch: bool = False) -> None:
+    """``model`` written as ONNX to ``out`` (a path or a binary buffer) by PyTorch's TorchScript
+    exporter, traced on ``example``: the quick in-memory export the runtime's ``onnxruntime``
+    backend builds on, and the one that reads back in engines pinned to an old onnx (DeepSparse
+    1.8). ``slimkit export`` itself uses the dynamo exporter and checks the file."""
+    import warnings
+
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), out if isinstance(out, io.BytesIO) else str(out), dynamo=False,
+                              opset_version=opset, input_names=["input"], output_names=["logits"],
+                              dynamic_axes=axes)
+    finally:
+        quiet.setLevel(level)
+
+
+def ort_session(model_onnx, threads: int):
+    """An ONNX Runtime CPU session of ``model_onnx`` (a path or the file's bytes) with ``threads``
+    intra-op threads, one inter-op thread, sequential execution and every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = model_onnx if isinstance(model_onnx, bytes) else str(model_onnx)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 def _export_onnx(model: nn.Module, shape, tmp: Path, result: ExportResult, opset: int | None) -> None:
     import warnings
 
@@ -197,9 +233,7 @@ def _export_onnx(model: nn.Module, shape, tmp: Path, result: ExportResult, opset
         result.notes.append(f"not run: onnxruntime is not installed ({EXTRA_HINT}); onnx.checker passed")
         result.verified_with = "onnx.checker"
         return
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, min(torch.get_num_threads(), 4))
-    session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+    session = ort_session(tmp, min(torch.get_num_threads(), 4))
     x, want = _reference(model, shape, CHECK_BATCH)
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     ok, diff = _close(got, want)

@@ -55,7 +55,7 @@ def _ort_session(model, shape, threads: int, workdir: Path, name: str):
     except ImportError:
         return None, "onnxruntime not installed (pip install 'slimkit[export]')"
     from slimkit.errors import UserError
-    from slimkit.export import export_model
+    from slimkit.export import export_model, ort_session, torchscript_onnx
 
     path = workdir / f"{name}.onnx"
     how = ""
@@ -66,27 +66,12 @@ def _ort_session(model, shape, threads: int, workdir: Path, name: str):
             # e.g. beside DeepSparse, which pins onnx 1.14, too old for PyTorch's dynamo exporter:
             # the TorchScript exporter writes the same graph (dynamic batch), checked below like any column
             try:
-                _torchscript_onnx(model, shape, path)
+                torchscript_onnx(model, torch.zeros(2, *shape), path, opset=17, dynamic_batch=True)
             except Exception:
                 return None, str(exc)
             how = f" (TorchScript exporter: slimkit export failed here: {str(exc)[:80]})"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads)
     return session, f"onnxruntime {ort.__version__}{how}"
-
-
-def _torchscript_onnx(model, shape, path: Path, opset: int = 17) -> None:
-    import warnings
-
-    x = torch.zeros(2, *shape)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def _ort_call(entry: dict, column: str, model, name: str, threads: int, workdir: Path, x: torch.Tensor):
@@ -111,14 +96,11 @@ def _deepsparse_call(entry: dict, batch: int, threads: int, workdir: Path, x: to
         except ImportError:
             entry[key] = None, "deepsparse not installed (optional; see docs/BENCHMARKS.md)"
         else:
-            import warnings
+            from slimkit.export import torchscript_onnx
 
             path = workdir / f"{entry['name']}-b{batch}-opset13.onnx"
             try:
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(entry["dense"], (x,), str(path), dynamo=False, opset_version=13,
-                                      input_names=["input"], output_names=["logits"])
+                torchscript_onnx(entry["dense"], x, path, opset=13)
                 engine = deepsparse.compile_model(str(path), batch_size=batch, num_cores=threads)
                 entry[key] = engine, f"deepsparse {deepsparse.__version__}"
             except Exception as exc:  # an engine that cannot take the model is a note, not a crash

@@ -62,26 +62,16 @@ def _compile(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
 
 def _onnxruntime(gm: fx.GraphModule, example: torch.Tensor) -> Callable:
     import io
-    import logging
 
-    import onnxruntime as ort  # ImportError: this candidate is rejected, the others remain
+    import onnxruntime  # noqa: F401 -- ImportError: this candidate is rejected, the others remain
 
     if any(n.op == "call_function" and str(getattr(n.target, "namespace", "")) == "slimkit" for n in gm.graph.nodes):
         raise NotImplementedError("the graph calls slimkit's sparse kernels, which ONNX Runtime does not have")
+    from slimkit.export import ort_session, torchscript_onnx
+
     buffer = io.BytesIO()
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    try:
-        quiet.setLevel(logging.ERROR)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(gm, (example,), buffer, dynamo=False, input_names=["input"], output_names=["output"])
-    finally:
-        quiet.setLevel(level)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    torchscript_onnx(gm, example, buffer)
+    session = ort_session(buffer.getvalue(), torch.get_num_threads())
     run = session.run
 
     def forward(x: torch.Tensor) -> torch.Tensor:
