@@ -592,3 +592,82 @@ def test_tiny_output_planes_take_the_dense_path(monkeypatch):
         y = sparse_conv2d(x, sw, None, 1, 1)
         assert calls == ([1] if dense or not NATIVE else []), hw
         torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the batch path
+# Whole groups of images (8 float32 lanes on AVX2, 16 on AVX-512, 4 float64 lanes) go one image
+# per vector lane (csrc/cpu/sparse_conv_lanes.h); SLIMKIT_SPARSE_CONV_LANES=1 forces that path
+# on any plane, 0 forbids it, unset lets the op choose by the share of padding lanes.
+
+@native
+@pytest.mark.parametrize("lanes", ["1", "0", None])
+@pytest.mark.parametrize("dtype, kernel", [(torch.float32, "best"), (torch.float32, "avx2"), (torch.float32, "default"),
+                                           (torch.float64, "default")])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_sparse_conv2d_batch_lanes_path_every_geometry(lanes, dtype, kernel, index_dtype, monkeypatch):
+    """Every geometry of CASES (strides, dilations, asymmetric padding, a kernel as large as the
+    input, 1x1) at batch 37: two or more full lane groups and a remainder of images that runs
+    the per-image loop; rows of every length, empty rows, a bias."""
+    if kernel != "best":
+        monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", kernel)
+    if lanes is not None:
+        monkeypatch.setenv("SLIMKIT_SPARSE_CONV_LANES", lanes)
+    for i, case in enumerate(c for c in CASES if c[-1] == 1):
+        _, c, h, w_, oc, k, s, p, d, _ = case
+        gen = torch.Generator().manual_seed(100 + i)
+        x = torch.randn(37, c, h, w_, generator=gen, dtype=torch.float64)
+        w = _pruned(torch.randn(oc, c, *k, generator=gen, dtype=torch.float64), 0.6, gen)
+        w[0] = 0  # an empty row
+        b = torch.randn(oc, generator=gen, dtype=torch.float64)
+        sw = SparseConvWeight.from_dense(w.to(dtype), min_sparsity=0.0, index_dtype=index_dtype)
+        y = torch.ops.slimkit.sparse_conv2d(x.to(dtype), sw.row_ptr, sw.col_idx, sw.values, list(w.shape),
+                                            b.to(dtype), list(s), list(p), list(d))
+        torch.testing.assert_close(y.double(), F.conv2d(x, w, b, s, p, d), **_tol(dtype))
+
+
+@native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sparse_conv2d_batch_lanes_path_many_channels_threads(threads, monkeypatch):
+    """Channel blocks, output-channel blocks and every tile shape of small planes (1x1 to 9x9,
+    one plane wider than a tile), split over threads, rows in reverse column order."""
+    monkeypatch.setenv("SLIMKIT_SPARSE_CONV_LANES", "1")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(40 + threads)
+        w = _pruned(torch.randn(150, 96, 3, 3, generator=gen, dtype=torch.float64), 0.85, gen)
+        sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
+        rp, ci, v = sw.row_ptr.clone(), sw.col_idx.clone(), sw.values.clone()
+        for r in range(150):
+            lo, hi = int(rp[r]), int(rp[r + 1])
+            ci[lo:hi], v[lo:hi] = ci[lo:hi].flip(0), v[lo:hi].flip(0)
+        b = torch.randn(150, generator=gen, dtype=torch.float64)
+        for hw in ((1, 1), (2, 3), (3, 3), (5, 5), (7, 7), (9, 9), (4, 13)):
+            x = torch.randn(16, 96, *hw, generator=gen, dtype=torch.float64)
+            y = torch.ops.slimkit.sparse_conv2d(x, rp, ci, v, list(w.shape), b, [1, 1], [1, 1], [1, 1])
+            torch.testing.assert_close(y, F.conv2d(x, w, b, 1, 1), rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_num_threads(old)
+
+
+@native
+@pytest.mark.parametrize("batch", [1, 3, 8, 20])
+@pytest.mark.parametrize("geometry", [
+    ((1, 1), (3, 3), (1, 1), (1, 1), (1, 1)),   # VGG's last block on MNIST: the centre tap alone
+    ((2, 2), (5, 5), (1, 1), (2, 2), (1, 1)),   # the outer ring of taps reads only padding
+    ((1, 3), (3, 3), (2, 1), (1, 1), (1, 1)),   # padding-only rows, real columns
+    ((2, 2), (3, 3), (1, 1), (2, 2), (2, 2)),   # dilated: the corner taps miss the input
+    ((3, 3), (3, 3), (2, 2), (1, 1), (1, 1)),   # strided: every tap reads some input (nothing dropped)
+])
+def test_sparse_conv2d_taps_that_read_only_padding_are_exact(batch, geometry):
+    """Nonzeros of taps that meet only zero padding are dropped before the loop; the result is
+    the dense convolution's, exactly as in float64."""
+    hw, k, s, p, d = geometry
+    gen = torch.Generator().manual_seed(sum(hw) * 10 + batch)
+    x = torch.randn(batch, 12, *hw, generator=gen, dtype=torch.float64)
+    w = _pruned(torch.randn(10, 12, *k, generator=gen, dtype=torch.float64), 0.5, gen)
+    b = torch.randn(10, generator=gen, dtype=torch.float64)
+    sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
+    y = torch.ops.slimkit.sparse_conv2d(x, sw.row_ptr, sw.col_idx, sw.values, list(w.shape), b, list(s), list(p),
+                                        list(d))
+    torch.testing.assert_close(y, F.conv2d(x, w, b, s, p, d), rtol=1e-12, atol=1e-12)

@@ -17,7 +17,8 @@ namespace {
   CpuKernels {                                                                                               \
     Isa::ns, #ns, &ns::kd_forward, &ns::kd_backward, &ns::gmm_forward, &ns::gmm_backward, &ns::sparse_tile_len, \
         &ns::sparse_tiles, &gather::sparse_gather_rows, &ns::sparse_tiles_table32, &ns::sparse_tiles_table64, \
-        &ns::sparse_tiles_images32, &ns::sparse_tiles_images64, &ns::sparse_columns_in_range32,             \
+        &ns::sparse_tiles_images32, &ns::sparse_tiles_images64, &ns::sparse_lanes, &ns::sparse_lanes_group,   \
+        &ns::sparse_columns_in_range32,                                           \
         &ns::sparse_columns_in_range64                                                                       \
   }
 

@@ -34,6 +34,13 @@
 namespace slimkit {
 namespace cpu {
 
+// What the batch path of sparse_conv2d (sparse_conv_lanes.h) needs of the convolution:
+// input C x H x W, stride, padding, the prepared phase planes (Hq x Wq, `plane` = Hq * Wq
+// positions, `chan` = sh * sw * plane per channel), output OH x OW.
+struct LanesGeometry {
+  int64_t C, H, W, sh, sw, ph, pw, Hq, Wq, plane, chan, OH, OW;
+};
+
 enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
 
 // What one ISA build exports (namespace slimkit::cpu::<isa>). The sparse_* loops are
@@ -66,6 +73,10 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
                              const int64_t* ci, const int32_t* tab, const float* val, const float* bias, int64_t oc0, \
                              int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride,            \
                              float* stage);                                                                         \
+  int64_t sparse_lanes();                                                                                         \
+  void sparse_lanes_group(const float* x, int64_t in_image, int64_t M, const LanesGeometry& g, float* buf,        \
+                          const int64_t* seg, int64_t ncb, const int32_t* off, const float* val, const float* bias, \
+                          int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage);                      \
   bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K);                                       \
   bool sparse_columns_in_range64(const int64_t* ci, int64_t nnz, int64_t K);                                       \
   }
@@ -94,6 +105,10 @@ struct CpuKernels {
   decltype(&base::sparse_tiles_table64) sparse_tiles_table64;
   decltype(&base::sparse_tiles_images32) sparse_tiles_images32;  // several images of a narrow plane at once
   decltype(&base::sparse_tiles_images64) sparse_tiles_images64;
+  // The batch path, one image per vector lane (sparse_conv_lanes.h): the lane count, and one
+  // group of images, interleaved, convolved and scattered back (offsets per nonzero).
+  decltype(&base::sparse_lanes) sparse_lanes;
+  decltype(&base::sparse_lanes_group) sparse_lanes_group;
   decltype(&base::sparse_columns_in_range32) sparse_columns_in_range32;
   decltype(&base::sparse_columns_in_range64) sparse_columns_in_range64;
 };

@@ -11,6 +11,7 @@
 
 #include "isa.h"
 #include "sparse_conv_kernel.h"
+#include "sparse_conv_lanes.h"
 
 // Internal linkage, like the baseline loop it wraps: each includer gets its own copy.
 namespace slimkit {
@@ -60,6 +61,20 @@ struct Kernel {
     else
       slimkit_sparse_tiles_images<scalar_t>(in, istride, M, seg, ncb, TableOffsets<index_t>{ci, tab}, val, bias, oc0,
                                             oc1, OH, OW, Wq, y, ostride, stage);
+  }
+  // The batch path (sparse_conv_lanes.h): images per group, and one group's tiles.
+  int64_t lanes() const {
+    if constexpr (std::is_same_v<scalar_t, float>) return isa.sparse_lanes();
+    return at::vec::Vectorized<scalar_t>::size();
+  }
+  void lanes_group(const scalar_t* x, int64_t in_image, int64_t M, const cpu::LanesGeometry& g, scalar_t* buf,
+                   const int64_t* seg, int64_t ncb, const int32_t* off, const scalar_t* val, const scalar_t* bias,
+                   int64_t oc0, int64_t oc1, scalar_t* y, int64_t ostride, scalar_t* stage) const {
+    if constexpr (std::is_same_v<scalar_t, float>)
+      isa.sparse_lanes_group(x, in_image, M, g, buf, seg, ncb, off, val, bias, oc0, oc1, y, ostride, stage);
+    else
+      slimkit_sparse_lanes_group<scalar_t>(x, in_image, M, g, buf, seg, ncb, DirectOffsets32{off}, val, bias, oc0,
+                                           oc1, y, ostride, stage);
   }
   // Whether every column of ci[0 : nnz) lies in [0, K) (any dtype: only indices are read).
   template <typename index_t>

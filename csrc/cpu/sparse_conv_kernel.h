@@ -91,13 +91,15 @@ inline void slimkit_sparse_tile(const scalar_t* __restrict in, Off off,
 // channel only T independent FMA chains, and each nonzero would wait out an FMA latency
 // (4-5 cycles) on the previous one. So the nonzeros go round-robin to S sets of T
 // accumulators (S * T >= 8 FMAs in flight, what two FMA ports of latency 4 need), which are
-// summed at the end. Used for T <= 3, where it measured faster (slimkit_sparse_segment).
-template <typename scalar_t, int T, int S, typename Off>
-inline void slimkit_sparse_tile_split(const scalar_t* __restrict in, Off off,
-                                      const scalar_t* __restrict val, int64_t nnz, scalar_t* __restrict st, bool init,
-                                      scalar_t b) {
+// summed at the end. The tile is R rows of Wt vectors, row r at in + r * rstride (the
+// per-image loop uses R = 1; the batch path, sparse_conv_lanes.h, R rows of a plane).
+template <typename scalar_t, int R, int Wt, int S, typename Off>
+inline void slimkit_sparse_tile_sets(const scalar_t* __restrict in, int64_t rstride, Off off,
+                                     const scalar_t* __restrict val, int64_t nnz, scalar_t* __restrict st, bool init,
+                                     scalar_t b) {
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t VL = Vec::size();
+  constexpr int T = R * Wt;
   Vec acc[S][T];
 #pragma GCC unroll 16
   for (int k = 0; k < T; ++k) acc[0][k] = init ? Vec(b) : Vec::loadu(st + k * VL);
@@ -112,33 +114,25 @@ inline void slimkit_sparse_tile_split(const scalar_t* __restrict in, Off off,
       const Vec v(val[z + s]);
       const scalar_t* p = in + off[z + s];
 #pragma GCC unroll 16
-      for (int k = 0; k < T; ++k) acc[s][k] = at::vec::fmadd(v, Vec::loadu(p + k * VL), acc[s][k]);
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+        for (int w = 0; w < Wt; ++w)
+          acc[s][r * Wt + w] = at::vec::fmadd(v, Vec::loadu(p + r * rstride + w * VL), acc[s][r * Wt + w]);
     }
   }
   for (; z < nnz; ++z) {
     const Vec v(val[z]);
     const scalar_t* p = in + off[z];
 #pragma GCC unroll 16
-    for (int k = 0; k < T; ++k) acc[0][k] = at::vec::fmadd(v, Vec::loadu(p + k * VL), acc[0][k]);
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int w = 0; w < Wt; ++w)
+        acc[0][r * Wt + w] = at::vec::fmadd(v, Vec::loadu(p + r * rstride + w * VL), acc[0][r * Wt + w]);
   }
-  // pairwise sums of the sets
-  static_assert(S == 2 || S == 3 || S == 4 || S == 8, "S sets of accumulators: 2, 3, 4 or 8");
-  constexpr int half = S == 8 ? 4 : (S == 4 || S == 3) ? 2 : 1;
 #pragma GCC unroll 16
-  for (int s = 0; s + half < S; ++s)
+  for (int s = 1; s < S; ++s)
 #pragma GCC unroll 16
-    for (int k = 0; k < T; ++k) acc[s][k] = acc[s][k] + acc[s + half][k];
-  if constexpr (S == 8) {
-#pragma GCC unroll 16
-    for (int k = 0; k < T; ++k) {
-      acc[0][k] = acc[0][k] + acc[2][k];
-      acc[1][k] = acc[1][k] + acc[3][k];
-    }
-  }
-  if constexpr (S > 2) {
-#pragma GCC unroll 16
-    for (int k = 0; k < T; ++k) acc[0][k] = acc[0][k] + acc[1][k];
-  }
+    for (int k = 0; k < T; ++k) acc[0][k] = acc[0][k] + acc[s][k];
 #pragma GCC unroll 16
   for (int k = 0; k < T; ++k) acc[0][k].store(st + k * VL);
 }
@@ -157,11 +151,11 @@ inline void slimkit_sparse_segment(const scalar_t* in, Off off, const scalar_t* 
   case T:                      \
     return slimkit_sparse_tile<scalar_t, T, Off>(in, off, val, nnz, st, init, b);
     case 1:
-      return slimkit_sparse_tile_split<scalar_t, 1, 8, Off>(in, off, val, nnz, st, init, b);
+      return slimkit_sparse_tile_sets<scalar_t, 1, 1, 8, Off>(in, 0, off, val, nnz, st, init, b);
     case 2:
-      return slimkit_sparse_tile_split<scalar_t, 2, 4, Off>(in, off, val, nnz, st, init, b);
+      return slimkit_sparse_tile_sets<scalar_t, 1, 2, 4, Off>(in, 0, off, val, nnz, st, init, b);
     case 3:
-      return slimkit_sparse_tile_split<scalar_t, 3, 3, Off>(in, off, val, nnz, st, init, b);
+      return slimkit_sparse_tile_sets<scalar_t, 1, 3, 3, Off>(in, 0, off, val, nnz, st, init, b);
     SLIMKIT_SPARSE_CASE(4)
     SLIMKIT_SPARSE_CASE(5) SLIMKIT_SPARSE_CASE(6) SLIMKIT_SPARSE_CASE(7) SLIMKIT_SPARSE_CASE(8)
     SLIMKIT_SPARSE_CASE(9) SLIMKIT_SPARSE_CASE(10) SLIMKIT_SPARSE_CASE(11) SLIMKIT_SPARSE_CASE(12)
