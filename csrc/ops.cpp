@@ -48,6 +48,9 @@ TORCH_LIBRARY(slimkit, m) {
   // tensors); shapes = [out_0, in_0, out_1, in_1, ...]; relus[i] != 0 applies ReLU after
   // layer i. Inference only (no autograd).
   m.def("sparse_mlp(Tensor input, Tensor[] row_ptrs, Tensor[] col_idxs, Tensor[] values, Tensor[] dense_weights, int[] shapes, Tensor[] biases, int[] relus) -> Tensor");
+  // 2x2 / stride-2 max pooling (floor mode, no padding) of a 4-D input, then ReLU when relu is
+  // true: what slimkit's runtime runs for conv -> ReLU -> MaxPool2d(2). Inference only (no autograd).
+  m.def("max_pool2x2(Tensor input, bool relu) -> Tensor");
   // The same as kd_gmm_cpu_isa (kept for the sparse ops' callers); float32 only, other dtypes run "base".
   m.def("sparse_conv2d_cpu_isa() -> str");
 }

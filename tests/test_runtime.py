@@ -457,6 +457,28 @@ def test_max_pool_2x2_is_identical_to_max_pool2d(shape):
     assert torch.allclose(max_pool_2x2(x), nn.functional.max_pool2d(x, 2, 2), rtol=0, atol=0, equal_nan=True)
 
 
+@native
+@pytest.mark.parametrize("batch", [1, 16])
+def test_pools_of_a_pruned_vgg_run_the_fused_kernel_with_their_relu(batch):
+    """In a graph that runs slimkit's kernels, every conv -> ReLU -> 2x2 pool tail becomes one
+    max_pool2x2(x, relu=True): no ReLU node is left in front of a pool, and the outputs match eager."""
+    model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))
+    rm = _check(model, MNIST, "eager", batch=batch)
+    gm = rm._built[next(iter(rm._built))][0]
+    pools = [n for n in gm.graph.nodes if n.target is torch.ops.slimkit.max_pool2x2.default]
+    assert len(pools) == 4 and all(n.args[1] is True for n in pools)
+    assert all(n.args[0].target is torch.ops.slimkit.sparse_conv2d.default for n in pools)
+
+
+def test_pools_of_a_dense_graph_stay_aten_ops():
+    """A graph without slimkit's kernels keeps its pools as ATen maxima (exportable for the
+    onnxruntime backend)."""
+    model = _randomize_bn(vgg.vgg11(MNIST, 10, width=0.125))
+    rm = _check(model, MNIST, "eager", batch=2)
+    gm = rm._built[next(iter(rm._built))][0]
+    assert not any(n.target is torch.ops.slimkit.max_pool2x2.default for n in gm.graph.nodes)
+
+
 def test_vggs_pools_are_rewritten_and_other_pools_kept():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.MaxPool2d(3, 2),
                           nn.MaxPool2d(2, 2, ceil_mode=True), nn.Flatten()).eval()

@@ -78,6 +78,8 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
                           const int64_t* seg, int64_t ncb, const int32_t* off, const float* val, const float* bias, \
                           int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage);                      \
   bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K);                                       \
+  void max_pool2x2(const float* x, float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, bool relu, int64_t p0, \
+                   int64_t p1);                                                                                   \
   bool sparse_columns_in_range64(const int64_t* ci, int64_t nnz, int64_t K);                                       \
   }
 
@@ -111,6 +113,7 @@ struct CpuKernels {
   decltype(&base::sparse_lanes_group) sparse_lanes_group;
   decltype(&base::sparse_columns_in_range32) sparse_columns_in_range32;
   decltype(&base::sparse_columns_in_range64) sparse_columns_in_range64;
+  decltype(&base::max_pool2x2) max_pool2x2;  // max_pool_kernel.h
 };
 
 // The kernels every op runs on this call (see the top of this file). Ops call it once

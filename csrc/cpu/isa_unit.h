@@ -138,6 +138,7 @@ SLIMKIT_ISA_PRAGMA(GCC target(SLIMKIT_ISA_TARGET))
 
 #include "gmm_prior_kernel.h"
 #include "kd_loss_kernel.h"
+#include "max_pool_kernel.h"
 #include "sparse_conv_kernel.h"
 #include "sparse_conv_lanes.h"
 

@@ -25,12 +25,17 @@ class Scratch {
   // At least `count` elements of T for the calling thread, valid until the next
   // Scratch for the same slot on this thread is created (or this one is destroyed,
   // for a block over kMaxCachedBytes). Contents are unspecified.
+  // The memory starts on a cache line (kAlign): malloc's 16-byte alignment (a large block is
+  // mmap'd at 16 past a page) put every other 32-byte vector load of the kernels across two
+  // cache lines.
+  static constexpr size_t kAlign = 64;
+
   template <typename T>
   static T* get(ScratchSlot slot, int64_t count, std::unique_ptr<unsigned char[]>& owned) {
-    const size_t bytes = size_t(count > 0 ? count : 1) * sizeof(T);
+    const size_t bytes = size_t(count > 0 ? count : 1) * sizeof(T) + kAlign;
     if (int64_t(bytes) > kMaxCachedBytes) {
       owned.reset(new unsigned char[bytes]);
-      return reinterpret_cast<T*>(owned.get());
+      return aligned<T>(owned.get());
     }
     Block& b = blocks()[static_cast<int>(slot)];
     if (b.bytes < bytes) {
@@ -38,10 +43,16 @@ class Scratch {
       b.mem.reset(new unsigned char[bytes]);
       b.bytes = bytes;
     }
-    return reinterpret_cast<T*>(b.mem.get());
+    return aligned<T>(b.mem.get());
   }
 
  private:
+  template <typename T>
+  static T* aligned(unsigned char* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    return reinterpret_cast<T*>((a + kAlign - 1) / kAlign * kAlign);
+  }
+
   struct Block {
     std::unique_ptr<unsigned char[]> mem;
     size_t bytes = 0;

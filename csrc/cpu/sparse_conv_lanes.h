@@ -125,15 +125,55 @@ inline void slimkit_lanes_transpose(const scalar_t* src, int64_t ld_src, scalar_
 }
 
 // The group's interleaved input: channel c of image m (at x + m * in_image) into
-// buf[c][phase][i][j][m]; lanes m >= M are zero. Stride-1 rows of a full group go VL
-// columns at a time through one transpose (VL images x VL columns), the rest one value at a
-// time.
+// buf[c][phase][i][j][m]; lanes m >= M are zero. Stride 1 with a full group: the padding
+// cells are zeroed, then the channel's H*W values go VL flat positions at a time (rows
+// included: a 7x7 plane has no run of 8 columns) through one VL x VL transpose (images x
+// positions) and VL vector stores; otherwise, and for the tail, one value at a time.
 template <typename scalar_t>
 inline void slimkit_lanes_prepare(const scalar_t* x, int64_t in_image, int64_t M, const slimkit::cpu::LanesGeometry& g,
                                   scalar_t* buf) {
-  constexpr int64_t VL = at::vec::Vectorized<scalar_t>::size();
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t VL = Vec::size();
+  const int64_t HW = g.H * g.W;
+  if (g.sh == 1 && g.sw == 1 && M == VL) {
+    scalar_t block[VL * VL];
+    for (int64_t c = 0; c < g.C; ++c) {
+      const scalar_t* xc = x + c * HW;
+      scalar_t* dst = buf + c * g.chan * VL;
+      for (int64_t i = 0; i < g.Hq; ++i) {
+        scalar_t* row = dst + i * g.Wq * VL;
+        const int64_t ih = i - g.ph;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(row, row + g.Wq * VL, scalar_t(0));
+          continue;
+        }
+        std::fill(row, row + g.pw * VL, scalar_t(0));
+        std::fill(row + (g.pw + g.W) * VL, row + g.Wq * VL, scalar_t(0));
+      }
+      int64_t f = 0, ih = 0, iw = 0;  // flat position f = ih * W + iw
+      for (; f + VL <= HW; f += VL) {
+        slimkit_lanes_transpose<scalar_t>(xc + f, in_image, block, VL);
+        for (int64_t k = 0; k < VL; ++k) {
+          Vec::loadu(block + k * VL).store(dst + ((ih + g.ph) * g.Wq + iw + g.pw) * VL);
+          if (++iw == g.W) {
+            iw = 0;
+            ++ih;
+          }
+        }
+      }
+      for (; f < HW; ++f) {
+        scalar_t* cell = dst + ((ih + g.ph) * g.Wq + iw + g.pw) * VL;
+        for (int64_t m = 0; m < VL; ++m) cell[m] = xc[m * in_image + f];
+        if (++iw == g.W) {
+          iw = 0;
+          ++ih;
+        }
+      }
+    }
+    return;
+  }
   for (int64_t c = 0; c < g.C; ++c) {
-    const scalar_t* xc = x + c * g.H * g.W;
+    const scalar_t* xc = x + c * HW;
     for (int64_t a = 0; a < g.sh; ++a) {
       for (int64_t b = 0; b < g.sw; ++b) {
         scalar_t* dst = buf + (c * g.chan + (a * g.sw + b) * g.plane) * VL;
@@ -145,13 +185,7 @@ inline void slimkit_lanes_prepare(const scalar_t* x, int64_t in_image, int64_t M
             continue;
           }
           const scalar_t* src = xc + ih * g.W;
-          int64_t j = 0;
-          if (g.sw == 1 && M == VL) {
-            std::fill(row, row + g.pw * VL, scalar_t(0));
-            for (; j + VL <= g.W; j += VL) slimkit_lanes_transpose<scalar_t>(src + j, in_image, row + (g.pw + j) * VL, VL);
-            j += g.pw;  // j is now a column of the prepared row
-          }
-          for (; j < g.Wq; ++j) {
+          for (int64_t j = 0; j < g.Wq; ++j) {
             const int64_t iw = j * g.sw + b - g.pw;
             scalar_t* cell = row + j * VL;
             if (iw < 0 || iw >= g.W) {
@@ -166,6 +200,25 @@ inline void slimkit_lanes_prepare(const scalar_t* x, int64_t in_image, int64_t M
     }
   }
 }
+
+// dst[0 : W) = src[0 : W) for a run of a tile row, W <= kTile known at compile time per case,
+// so the copy is a few inlined moves instead of a call to memcpy.
+template <typename scalar_t>
+inline void slimkit_lanes_copy_run(scalar_t* dst, const scalar_t* src, int64_t W) {
+  switch (W) {
+#define SLIMKIT_RUN_CASE(WW) \
+  case WW:                   \
+    std::memcpy(dst, src, WW * sizeof(scalar_t)); \
+    return;
+    SLIMKIT_RUN_CASE(1) SLIMKIT_RUN_CASE(2) SLIMKIT_RUN_CASE(3) SLIMKIT_RUN_CASE(4) SLIMKIT_RUN_CASE(5)
+    SLIMKIT_RUN_CASE(6) SLIMKIT_RUN_CASE(7) SLIMKIT_RUN_CASE(8) SLIMKIT_RUN_CASE(9) SLIMKIT_RUN_CASE(10)
+    SLIMKIT_RUN_CASE(11) SLIMKIT_RUN_CASE(12)
+#undef SLIMKIT_RUN_CASE
+    default:
+      std::memcpy(dst, src, W * sizeof(scalar_t));
+  }
+}
+static_assert(kTile == 12, "slimkit_lanes_copy_run has one case per run length up to kTile");
 
 // One group of M <= VL images (lanes m >= M are computed on zeros and not written), output
 // channels [oc0, oc1): the interleaved input (slimkit_lanes_prepare into buf, which must hold
@@ -220,8 +273,7 @@ inline void slimkit_sparse_lanes_group(const scalar_t* x, int64_t in_image, int6
         for (int64_t m = 0; m < M; ++m) {
           scalar_t* dst = y + m * ostride + oc * plane + oh0 * OW + ow0;
           const scalar_t* src = tmp + m * SP;
-          for (int64_t r = 0; r < R; ++r)  // runs of at most kTile values: a loop, not a memcpy call
-            for (int64_t w = 0; w < Wt; ++w) dst[r * OW + w] = src[r * Wt + w];
+          for (int64_t r = 0; r < R; ++r) slimkit_lanes_copy_run<scalar_t>(dst + r * OW, src + r * Wt, Wt);
         }
       }
     }

@@ -15,10 +15,14 @@ conv2d, this module's baseline):
   layers on 3x3 output planes (128->256 and 256->256, 3x3, padding 1), 90 % sparse, batch 1
   and 64 (quick: 1 and 8): ``native sparse`` against ``dense conv2d``. There the kernel's
   tile is 1-2 vectors wide and runs the split-accumulator loop of sparse_conv_kernel.h
-  (issue 12: slimkit's runtime against ONNX Runtime at batch 1, docs/BENCHMARKS.md);
+  (issue 12: slimkit's runtime against ONNX Runtime at batch 1, docs/BENCHMARKS.md); at
+  batch 64 whole groups of images run one per vector lane (sparse_conv_lanes.h);
 - ``masked_conv2d`` training step (forward + backward for input, weight and bias) at
   batch 64: ``native masked``, ``dense conv2d`` (no mask), ``eager`` (conv2d on
-  weight * mask, autograd through the product) and ``compile`` (that, torch.compile'd).
+  weight * mask, autograd through the product) and ``compile`` (that, torch.compile'd);
+- ``max_pool2x2 (relu)``: VGG-11 x0.5's four ReLU + 2x2 max pool tails at batch 64 (quick:
+  8): ``native max_pool2x2`` against ``F.max_pool2d(F.relu(x))`` (the baseline), ``compile``
+  (that, torch.compile'd) and the runtime's ATen path (in-place ReLU, three maxima).
 
 Implementations of one configuration are timed side by side
 (:func:`slimkit.bench.timing.interleaved_times`) after warm-up; medians are reported.
@@ -204,6 +208,43 @@ def _masked_case(batch: int, sparsity: float, quick: bool) -> list[dict]:
                  "<=1.15x dense time", nbytes, notes, peak, quick)
 
 
+#: The pool case: VGG-11 x0.5's four conv -> ReLU -> 2x2 pool tails on MNIST at batch 64.
+POOL_SHAPES = ((32, 28), (64, 14), (128, 7), (256, 3))
+
+
+def _pool_case(batch: int, quick: bool) -> list[dict]:
+    """max_pool2x2(x, relu=True) against what a user would write (F.max_pool2d(F.relu(x))),
+    that compiled (the strongest standard formulation), and the runtime's former ATen
+    path (in-place ReLU, then three strided maxima)."""
+    import torch
+    import torch.nn.functional as F
+
+    from slimkit.bench._common import compiled, native_note
+    from slimkit.bench.timing import interleaved_times
+    from slimkit.runtime.pool import max_pool_2x2
+
+    gen = torch.Generator().manual_seed(3)
+    compiled_pool = None if quick else compiled(lambda x: F.max_pool2d(F.relu(x), 2, 2))
+    rows = []
+    for c, hw in POOL_SHAPES:
+        x = torch.randn(batch, c, hw, hw, generator=gen)
+        native_ok, why = native_note(x, "slimkit::max_pool2x2")
+        fns = {"F.max_pool2d(F.relu(x))": lambda x=x: F.max_pool2d(F.relu(x), 2, 2),
+               "relu_ + 3 maxima (ATen)": lambda x=x: max_pool_2x2(x.relu_())}  # idempotent on x
+        if native_ok:
+            fns["native max_pool2x2"] = lambda x=x: torch.ops.slimkit.max_pool2x2(x, True)
+        if compiled_pool is not None:
+            fns["compile"] = lambda x=x: compiled_pool(x)
+        with torch.inference_mode():
+            samples = interleaved_times(fns, warmup=1 if quick else 5, repeats=3 if quick else 41)
+        notes = {} if native_ok else {"F.max_pool2d(F.relu(x))": why}
+        shape = f"relu + maxpool 2x2 {c}x{hw}x{hw} fp32"
+        nbytes = (x.numel() + x.numel() // 4) * 4
+        rows += _rows("max_pool2x2 (relu)", batch, 0.0, samples, "F.max_pool2d(F.relu(x))", "native max_pool2x2",
+                      None, None, nbytes, notes, {}, quick, shape=shape)
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (see the module docstring)."""
     if quick:
@@ -216,6 +257,7 @@ def run(quick: bool = False) -> list[dict]:
     for batch in batches:
         rows += _small_plane_case(batch, quick)
     rows += _masked_case(train_batch, 0.9, quick)
+    rows += _pool_case(64 if not quick else 8, quick)
     return rows
 
 

@@ -16,7 +16,8 @@ decided once, with the rules its eager ``forward`` applies on every call
 
 Before that, convolutions on 1x1 feature maps become linear layers
 (:mod:`slimkit.runtime.single_pixel`, exact) and 2x2 max pools three elementwise maxima
-(:mod:`slimkit.runtime.pool`, exact).
+(:mod:`slimkit.runtime.pool`, exact); in a graph that calls slimkit's kernels, those pools
+then run slimkit's ``max_pool2x2`` with the ReLU before them fused in.
 
 Runs of two or more fully connected layers (``SparseLinear`` or ``nn.Linear``, each
 optionally followed by a ReLU, eval-mode Dropout / Identity between them allowed), on a 2-D
@@ -244,7 +245,7 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
     from slimkit.nn.sparse import CSRLayer
 
     from slimkit.ops import backend as ops_backend
-    from slimkit.runtime.pool import fast_max_pools
+    from slimkit.runtime.pool import fast_max_pools, native_pools
     from slimkit.runtime.single_pixel import convs_on_single_pixels
 
     gm = copy.deepcopy(captured)
@@ -276,6 +277,11 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
             dense = layer.to_dense_module().eval()
             parent, _, name = node.target.rpartition(".")
             setattr(gm.get_submodule(parent) if parent else gm, name, dense)
+    # Pools fused with their ReLU into slimkit's kernel, where the graph already runs slimkit's
+    # kernels (a graph of ATen ops alone stays exportable for the onnxruntime backend).
+    if (index and native and example.dtype in (torch.float32, torch.float64)
+            and ops_backend.use_native(example, "slimkit::max_pool2x2")):
+        native_pools(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
