@@ -1,6 +1,8 @@
 """slimkit.runtime: BatchNorm folding is exact, CSR layers are lowered to slimkit's kernels,
 and every zoo model (dense, pruned -> sparse inference, low-rank, quantized) gives the eager
 model's outputs through the runtime, within float32 tolerance."""
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -488,3 +490,21 @@ def test_vggs_pools_are_rewritten_and_other_pools_kept():
 
     assert [n.target for n in gm.graph.nodes].count(max_pool_2x2) == 1
     assert sum(isinstance(m, nn.MaxPool2d) for m in gm.modules()) == 2
+
+
+# --------------------------------------------------------------------------- memory
+
+def test_runtime_keeps_freed_memory_and_says_so(monkeypatch):
+    from slimkit.runtime import memory
+
+    monkeypatch.setattr(memory, "_state", None)
+    monkeypatch.setenv(memory.ENV, "0")
+    assert memory.keep_freed_memory() == {"malloc": "unchanged (SLIMKIT_RUNTIME_MALLOC=0)"}
+    monkeypatch.setattr(memory, "_state", None)
+    monkeypatch.delenv(memory.ENV)
+    state = memory.keep_freed_memory()
+    assert memory.keep_freed_memory() is state  # once per process
+    if sys.platform.startswith("linux"):
+        assert state["malloc"].startswith("glibc mmap threshold 32 MiB, trim threshold 256 MiB")
+    rm = compile_model(nn.Sequential(nn.Linear(4, 3)).eval(), [4], backend="eager")
+    assert rm.report()["malloc"] == state["malloc"]

@@ -13,6 +13,7 @@ One job per module:
   ``optimize_for_inference`` (oneDNN), ``torch.compile`` with freezing, or the eager graph;
 * :mod:`~slimkit.runtime.select`: the fastest backend on this machine, measured, checked
   against eager, recorded;
+* :mod:`~slimkit.runtime.memory`: freed activations kept in the heap (glibc thresholds);
 * :mod:`~slimkit.runtime.model`: :class:`RuntimeModel`, which ties them together;
 * :mod:`~slimkit.runtime.run`: the ``slimkit run`` command (benchmark / predict);
 * :mod:`~slimkit.runtime.engines`: which engine makes a model faster (``slimkit info``).

@@ -7,7 +7,9 @@ CSR layers become direct kernel calls or plain dense layers) and builds the back
 (:mod:`~slimkit.runtime.select`: the fastest of ``candidates`` on this machine, by
 measurement, unless ``backend`` names one); later calls of that shape run the frozen or
 compiled graph with no Python per layer. Every built graph is checked against the eager
-model on the example batch before it is used.
+model on the example batch before it is used. Building the first one raises malloc's
+thresholds so that activations are not page-faulted in afresh on every call
+(:mod:`~slimkit.runtime.memory`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from slimkit.runtime.backends import BACKENDS
 from slimkit.runtime.capture import capture, example_input
 from slimkit.runtime.fold import fold_batchnorm
 from slimkit.runtime.lower import lower
+from slimkit.runtime.memory import keep_freed_memory
 from slimkit.runtime.select import choose
 
 __all__ = ["RuntimeModel"]
@@ -44,6 +47,7 @@ class RuntimeModel:
         self._eager = model
         self.graph = capture(model)
         self.folded_batchnorms = fold_batchnorm(self.graph)
+        self.memory = keep_freed_memory()
         self._built: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
@@ -103,5 +107,5 @@ class RuntimeModel:
 
     def report(self) -> dict:
         """What the runtime did: BatchNorms folded, and per built shape the backend and layer plans."""
-        return {"folded_batchnorms": self.folded_batchnorms, "native_kernels": self.native,
+        return {"folded_batchnorms": self.folded_batchnorms, "native_kernels": self.native, **self.memory,
                 "input_shape": self.input_shape, "shapes": [e[1] for e in self._built.values()]}
