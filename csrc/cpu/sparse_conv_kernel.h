@@ -178,6 +178,23 @@ inline int64_t slimkit_sparse_num_tiles(int64_t L, int64_t VL) {
   return ((L + VL - 1) / VL + kTile - 1) / kTile;
 }
 
+// dst[0 : n) = src[0 : n) for one output row of a tile (tens of values, per output channel and
+// row: ~115 K calls per VGG-11 x0.5 layer at batch 64): whole vectors, the last one overlapping
+// the one before when n is not a multiple of VL (the same values written twice), so no call
+// of memcpy for short rows.
+template <typename scalar_t>
+inline void slimkit_copy_row(scalar_t* __restrict dst, const scalar_t* __restrict src, int64_t n) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t VL = Vec::size();
+  if (n < VL) {
+    std::memcpy(dst, src, sizeof(scalar_t) * n);
+    return;
+  }
+  int64_t k = 0;
+  for (; k + VL <= n; k += VL) Vec::loadu(src + k).store(dst + k);
+  if (k < n) Vec::loadu(src + n - VL).store(dst + n - VL);
+}
+
 // Tiles [t0, t1) of one image, output channels [oc0, oc1).
 //   in    prepared (padded, phase-split) input of the image, with slack after it
 //   seg   (OC, ncb + 1): seg[oc*(ncb+1) + k] = first nonzero of row oc in channel block k
@@ -214,7 +231,7 @@ inline void slimkit_sparse_tiles(const scalar_t* in, const int64_t* seg, int64_t
       if (hi <= lo) continue;
       const int64_t ow = lo - oh * Wq;
       for (int64_t oc = oc0; oc < oc1; ++oc)
-        std::memcpy(y + (oc * OH + oh) * OW + ow, stage + (oc - oc0) * TL + (lo - j0), sizeof(scalar_t) * (hi - lo));
+        slimkit_copy_row<scalar_t>(y + (oc * OH + oh) * OW + ow, stage + (oc - oc0) * TL + (lo - j0), hi - lo);
     }
   }
 }
@@ -290,8 +307,8 @@ inline void slimkit_sparse_tiles_images(const scalar_t* in, int64_t istride, int
   for (int64_t m = 0; m < M; ++m)
     for (int64_t oc = oc0; oc < oc1; ++oc)
       for (int64_t oh = 0; oh < OH; ++oh)
-        std::memcpy(y + m * ostride + (oc * OH + oh) * OW, stage + (oc - oc0) * TL + m * T * VL + oh * Wq,
-                    sizeof(scalar_t) * OW);
+        slimkit_copy_row<scalar_t>(y + m * ostride + (oc * OH + oh) * OW, stage + (oc - oc0) * TL + m * T * VL + oh * Wq,
+                                   OW);
 }
 
 // sparse_linear at small batch (sparse_linear.cpp): rows [o0, o1) of y (N x OUT) =
