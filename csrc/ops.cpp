@@ -37,6 +37,10 @@ TORCH_LIBRARY(slimkit, m) {
   // out_channels x (in_channels * kh * kw); weight_shape = (out_channels, in_channels, kh, kw).
   // Inference only (no autograd).
   m.def("sparse_conv2d(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[4] weight_shape, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // sparse_conv2d followed by ReLU and a 2x2 / stride-2 max pool (floor mode): the CNN tail
+  // conv -> ReLU -> MaxPool2d(2) in one call, output (N, out_channels, OH / 2, OW / 2); the
+  // full-size activation stays in the computing core's cache. CPU, inference only.
+  m.def("sparse_conv2d_relu_pool(Tensor input, Tensor row_ptr, Tensor col_idx, Tensor values, int[4] weight_shape, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   // Fully connected layer with a CSR weight over out_features x in_features:
   // input (N, in_features) -> (N, out_features); weight_shape = (out_features, in_features).
   // Inference only (no autograd).

@@ -671,3 +671,52 @@ def test_sparse_conv2d_taps_that_read_only_padding_are_exact(batch, geometry):
     y = torch.ops.slimkit.sparse_conv2d(x, sw.row_ptr, sw.col_idx, sw.values, list(w.shape), b, list(s), list(p),
                                         list(d))
     torch.testing.assert_close(y, F.conv2d(x, w, b, s, p, d), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- conv + ReLU + pool
+
+@native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype, kernel", [(torch.float32, "best"), (torch.float32, "default"),
+                                           (torch.float64, "default")])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_sparse_conv2d_relu_pool_equals_conv_relu_pool(threads, dtype, kernel, index_dtype, monkeypatch):
+    """sparse_conv2d_relu_pool = max_pool2d(relu(conv)) on every path of the convolution: few
+    images (batch 1, 3: the full output first), one image at a time and image groups (batch 9),
+    the batch path with a remainder (batch 21); odd planes drop their last row and column."""
+    if kernel != "best":
+        monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", kernel)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(50 + threads)
+        w = _pruned(torch.randn(12, 20, 3, 3, generator=gen, dtype=torch.float64), 0.8, gen)
+        b = torch.randn(12, generator=gen, dtype=torch.float64)
+        sw = SparseConvWeight.from_dense(w.to(dtype), min_sparsity=0.0, index_dtype=index_dtype)
+        for batch in (1, 3, 9, 21):
+            for hw, s, p in (((28, 28), 1, 1), ((7, 7), 1, 1), ((3, 3), 1, 1), ((9, 6), 2, 1), ((5, 4), 1, 0)):
+                x = torch.randn(batch, 20, *hw, generator=gen, dtype=torch.float64)
+                y = torch.ops.slimkit.sparse_conv2d_relu_pool(x.to(dtype), sw.row_ptr, sw.col_idx, sw.values,
+                                                              list(w.shape), b.to(dtype), [s, s], [p, p], [1, 1])
+                want = F.max_pool2d(F.relu(F.conv2d(x, w, b, s, p)), 2, 2)
+                torch.testing.assert_close(y.double(), want, **_tol(dtype))
+    finally:
+        torch.set_num_threads(old)
+
+
+@native
+def test_sparse_conv2d_relu_pool_opcheck_and_bad_input():
+    gen = torch.Generator().manual_seed(51)
+    w = _pruned(torch.randn(6, 4, 3, 3, generator=gen), 0.5, gen)
+    sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
+    x = torch.randn(2, 4, 8, 7, generator=gen)
+    args = (sw.row_ptr, sw.col_idx, sw.values, list(w.shape), None, [1, 1], [1, 1], [1, 1])
+    opcheck(torch.ops.slimkit.sparse_conv2d_relu_pool.default, (x, *args))
+    from slimkit.ops.conv import sparse_conv2d_relu_pool_reference
+
+    torch.testing.assert_close(torch.ops.slimkit.sparse_conv2d_relu_pool(x, *args),
+                               sparse_conv2d_relu_pool_reference(x, sw, None, 1, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="smaller than the 2x2 pooling window"):
+        torch.ops.slimkit.sparse_conv2d_relu_pool(torch.randn(2, 4, 1, 5), *args)
+    with pytest.raises(RuntimeError, match="input must be 4-D"):
+        torch.ops.slimkit.sparse_conv2d_relu_pool(torch.randn(4, 8, 7), *args)

@@ -157,8 +157,10 @@ def test_pruned_layers_run_slimkits_kernels_inside_the_graph():
     sparse = [entry for entry in layers if entry["path"] == "sparse kernel"]
     assert len(layers) == 8 + 1 and len(sparse) >= 5  # 8 convs + classifier; 1x1 planes may run dense
     calls = [n.target for n in rm._built[next(iter(rm._built))][0].graph.nodes if n.op == "call_function"]
-    assert calls.count(torch.ops.slimkit.sparse_conv2d.default) == sum(e["kind"] == "conv" for e in sparse)
-    assert torch.relu_ in calls  # the ReLU after a kernel runs in place on its output
+    fused = calls.count(torch.ops.slimkit.sparse_conv2d_relu_pool.default)  # conv -> ReLU -> pool in one call
+    assert calls.count(torch.ops.slimkit.sparse_conv2d.default) + fused == sum(e["kind"] == "conv" for e in sparse)
+    assert fused == 4
+    assert torch.relu_ in calls  # the ReLU after a kernel that no pool follows runs in place on its output
 
 
 @native
@@ -462,14 +464,20 @@ def test_max_pool_2x2_is_identical_to_max_pool2d(shape):
 @native
 @pytest.mark.parametrize("batch", [1, 16])
 def test_pools_of_a_pruned_vgg_run_the_fused_kernel_with_their_relu(batch):
-    """In a graph that runs slimkit's kernels, every conv -> ReLU -> 2x2 pool tail becomes one
-    max_pool2x2(x, relu=True): no ReLU node is left in front of a pool, and the outputs match eager."""
+    """In a graph that runs slimkit's kernels, every sparse conv -> ReLU -> 2x2 pool tail becomes one
+    sparse_conv2d_relu_pool call, a dense conv's ReLU + pool one max_pool2x2(x, relu=True): no ReLU
+    and no ATen pool is left, and the outputs match eager."""
     model = _prune(_randomize_bn(vgg.vgg11(MNIST, 10, width=0.125)))
+    dense_third = model.features.block3.conv2.to_dense_module()  # a dense conv before the third pool
+    model.features.block3.conv2 = dense_third
     rm = _check(model, MNIST, "eager", batch=batch)
     gm = rm._built[next(iter(rm._built))][0]
+    fused = [n for n in gm.graph.nodes if n.target is torch.ops.slimkit.sparse_conv2d_relu_pool.default]
     pools = [n for n in gm.graph.nodes if n.target is torch.ops.slimkit.max_pool2x2.default]
-    assert len(pools) == 4 and all(n.args[1] is True for n in pools)
-    assert all(n.args[0].target is torch.ops.slimkit.sparse_conv2d.default for n in pools)
+    assert len(fused) == 3 and len(pools) == 1 and pools[0].args[1] is True
+    from slimkit.runtime.pool import max_pool_2x2
+
+    assert not any(n.target is max_pool_2x2 for n in gm.graph.nodes)
 
 
 def test_pools_of_a_dense_graph_stay_aten_ops():

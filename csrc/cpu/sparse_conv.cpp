@@ -170,11 +170,15 @@ inline bool use_lanes(const Geometry& g, int64_t lanes) {
 
 template <typename scalar_t, typename index_t>
 void sparse_conv_lanes(const scalar_t* xp, const int64_t* rp, const index_t* ci, const scalar_t* val,
-                       const scalar_t* bias, const Geometry& g, int64_t groups, scalar_t* yp);
+                       const scalar_t* bias, const Geometry& g, int64_t groups, scalar_t* yp, scalar_t* pooled);
 
+// Output: y (N x OC x OH x OW); or, when `pooled` is given (sparse_conv2d_relu_pool), y is
+// unused and each thread writes its image (or group) into its own scratch, which is pooled
+// with ReLU into `pooled` (N x OC x OH/2 x OW/2) while it is still in that core's L2: the
+// full-size activation never goes to memory and back.
 template <typename scalar_t, typename index_t>
 void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, const scalar_t* val,
-                      const scalar_t* bias, const Geometry& g, scalar_t* yp) {
+                      const scalar_t* bias, const Geometry& g, scalar_t* yp, scalar_t* pooled) {
   const Kernel<scalar_t> kernel{};
   // Enough images: whole groups of `lanes` images go one image per vector lane
   // (sparse_conv_lanes.h) where the per-image loop below would compute many padding lanes;
@@ -182,12 +186,14 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
   const int64_t lanes = kernel.lanes();
   if (g.N >= lanes && use_lanes(g, lanes)) {
     const int64_t groups = g.N / lanes;
-    sparse_conv_lanes<scalar_t, index_t>(xp, rp, ci, val, bias, g, groups, yp);
+    sparse_conv_lanes<scalar_t, index_t>(xp, rp, ci, val, bias, g, groups, yp, pooled);
     Geometry rest = g;
     rest.N = g.N - groups * lanes;
+    const int64_t done = groups * lanes;
     if (rest.N > 0)
-      sparse_conv_impl<scalar_t, index_t>(xp + groups * lanes * g.C * g.H * g.W, rp, ci, val, bias, rest,
-                                          yp + groups * lanes * g.OC * g.OH * g.OW);
+      sparse_conv_impl<scalar_t, index_t>(xp + done * g.C * g.H * g.W, rp, ci, val, bias, rest,
+                                          pooled ? nullptr : yp + done * g.OC * g.OH * g.OW,
+                                          pooled ? pooled + done * g.OC * (g.OH / 2) * (g.OW / 2) : nullptr);
     return;
   }
   const int64_t TL = kernel.tile_len();
@@ -224,27 +230,34 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
   block_segments<index_t>(rp, ci, g.OC, ncb, cb_size * khw, seg.data());
 
   const int64_t in_image = g.C * g.H * g.W, out_image = g.OC * g.OH * g.OW;
+  const int64_t pooled_image = g.OC * (g.OH / 2) * (g.OW / 2);
   if (per_image) {
     at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
       Buffer<scalar_t> buf(group * g.image, g.slack);
       ScratchBuffer<scalar_t> stage(ScratchSlot::stage, g.OC * TL);
+      ScratchBuffer<scalar_t> full(ScratchSlot::output, pooled ? group * out_image : 1);
       for (int64_t n = n0; n < n1;) {
         int64_t m = group;  // the largest group that fits what is left, halving down to 1
         while (m > n1 - n) m /= 2;
         for (int64_t i = 0; i < m; ++i)
           for (int64_t c = 0; c < g.C; ++c)
             prepare_channel<scalar_t>(xp + (n + i) * in_image + c * g.H * g.W, buf.data() + i * g.image + c * chan, g);
+        scalar_t* dst = pooled ? full.data() : yp + n * out_image;
         if (m > 1)
           kernel.template tiles_images<index_t>(buf.data(), g.image, m, seg.data(), ncb, ci, tab.data(), val, bias, 0,
-                                                g.OC, g.OH, g.OW, g.Wq, yp + n * out_image, out_image, stage.data());
+                                                g.OC, g.OH, g.OW, g.Wq, dst, out_image, stage.data());
         else
           kernel.template tiles_table<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, 0,
-                                               ntiles, g.OH, g.OW, g.Wq, yp + n * out_image, stage.data());
+                                               ntiles, g.OH, g.OW, g.Wq, dst, stage.data());
+        if (pooled) kernel.relu_pool(dst, pooled + n * pooled_image, m * g.OC, g.OH, g.OW);
         n += m;
       }
     });
     return;
   }
+  // Few images: the full output first (a temporary one when the pool is fused), pooled after.
+  std::vector<scalar_t> full_all(pooled ? g.N * out_image : 0);
+  if (pooled) yp = full_all.data();
   Buffer<scalar_t> all(g.N * g.image, g.slack);
   const int64_t NC = g.N * g.C;
   at::parallel_for(0, NC, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, g.H * g.W)),
@@ -264,6 +277,7 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
                                            yp + n * out_image, stage.data());
     }
   });
+  if (pooled) kernel.relu_pool(yp, pooled, g.N * g.OC, g.OH, g.OW);
 }
 
 // `groups` groups of `lanes` images (the first groups * lanes of the batch), one image per
@@ -271,7 +285,7 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
 // every tile and output channel and scatters the results back (slimkit_sparse_lanes_group).
 template <typename scalar_t, typename index_t>
 void sparse_conv_lanes(const scalar_t* xp, const int64_t* rp, const index_t* ci, const scalar_t* val,
-                       const scalar_t* bias, const Geometry& g, int64_t groups, scalar_t* yp) {
+                       const scalar_t* bias, const Geometry& g, int64_t groups, scalar_t* yp, scalar_t* pooled) {
   const Kernel<scalar_t> kernel{};
   const int64_t lanes = kernel.lanes();
   // Channel blocks: one tile reads, per input channel, its rows plus the kernel's reach in
@@ -293,12 +307,17 @@ void sparse_conv_lanes(const scalar_t* xp, const int64_t* rp, const index_t* ci,
   for (int64_t z = 0; z < nnz; ++z) off[z] = tab.data()[ci[z]];
   const cpu::LanesGeometry lg{g.C, g.H, g.W, g.sh, g.sw, g.ph, g.pw, g.Hq, g.Wq, g.plane, chan, g.OH, g.OW};
   const int64_t in_image = g.C * g.H * g.W, out_image = g.OC * g.OH * g.OW;
+  const int64_t pooled_image = g.OC * (g.OH / 2) * (g.OW / 2);
   at::parallel_for(0, groups, 1, [&](int64_t q0, int64_t q1) {
     Buffer<scalar_t> buf(lanes * g.image, lanes * g.slack);
     ScratchBuffer<scalar_t> stage(ScratchSlot::stage, g.OC * kLanesStagePositions * lanes);
-    for (int64_t q = q0; q < q1; ++q)
+    ScratchBuffer<scalar_t> full(ScratchSlot::output, pooled ? lanes * out_image : 1);
+    for (int64_t q = q0; q < q1; ++q) {
+      scalar_t* dst = pooled ? full.data() : yp + q * lanes * out_image;
       kernel.lanes_group(xp + q * lanes * in_image, in_image, lanes, lg, buf.data(), seg.data(), ncb, off.data(), val,
-                         bias, 0, g.OC, yp + q * lanes * out_image, out_image, stage.data());
+                         bias, 0, g.OC, dst, out_image, stage.data());
+      if (pooled) kernel.relu_pool(dst, pooled + q * lanes * pooled_image, lanes * g.OC, g.OH, g.OW);
+    }
   });
 }
 
@@ -348,24 +367,28 @@ bool drop_padding_taps(const int64_t* rp, const index_t* ci, const scalar_t* val
 // The checks of the columns, the dropping of padding taps, then the convolution.
 template <typename scalar_t, typename index_t>
 void sparse_conv_run(const scalar_t* xp, const int64_t* rp, const index_t* ci, const scalar_t* val,
-                     const scalar_t* bias, const Geometry& g, scalar_t* yp) {
+                     const scalar_t* bias, const Geometry& g, scalar_t* yp, scalar_t* pooled) {
   const Kernel<scalar_t> kernel{};
   check_columns<scalar_t, index_t>(kernel, ci, rp[g.OC], g.C * g.kh * g.kw);
   std::vector<int64_t> rp2;
   std::vector<index_t> ci2;
   std::vector<scalar_t> val2;
   if (drop_padding_taps<scalar_t, index_t>(rp, ci, val, g, rp2, ci2, val2))
-    sparse_conv_impl<scalar_t, index_t>(xp, rp2.data(), ci2.data(), val2.data(), bias, g, yp);
+    sparse_conv_impl<scalar_t, index_t>(xp, rp2.data(), ci2.data(), val2.data(), bias, g, yp, pooled);
   else
-    sparse_conv_impl<scalar_t, index_t>(xp, rp, ci, val, bias, g, yp);
+    sparse_conv_impl<scalar_t, index_t>(xp, rp, ci, val, bias, g, yp, pooled);
 }
 
-at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                             const at::Tensor& values, at::IntArrayRef weight_shape,
-                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+// The convolution into `out` (N x OC x OH x OW), or with relu_pool into `out` of
+// N x OC x OH/2 x OW/2 (sparse_conv2d_relu_pool).
+at::Tensor sparse_conv2d_common(const at::Tensor& input, const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                const at::Tensor& values, at::IntArrayRef weight_shape,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, bool relu_pool) {
   const sparse_conv::Args a = sparse_conv::check_args(input, row_ptr, col_idx, values, weight_shape, bias, stride,
                                                       padding, dilation, at::kCPU);
+  TORCH_CHECK(!relu_pool || (a.OH >= 2 && a.OW >= 2), "sparse_conv2d_relu_pool: the output plane ", a.OH, "x", a.OW,
+              " is smaller than the 2x2 pooling window");
   Geometry g{};
   g.N = a.N; g.C = a.C; g.H = a.H; g.W = a.W; g.OC = a.OC; g.kh = a.kh; g.kw = a.kw;
   g.sh = a.sh; g.sw = a.sw; g.ph = a.ph; g.pw = a.pw; g.dh = a.dh; g.dw = a.dw; g.OH = a.OH; g.OW = a.OW;
@@ -389,7 +412,8 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr,
   }
   sparse_conv::check_row_ptr(rpp, g.OC, col_idx.numel());  // col_idx is checked by the plan
 
-  at::Tensor out = at::empty({g.N, g.OC, g.OH, g.OW}, input.options());
+  at::Tensor out = relu_pool ? at::empty({g.N, g.OC, g.OH / 2, g.OW / 2}, input.options())
+                             : at::empty({g.N, g.OC, g.OH, g.OW}, input.options());
   if (g.N == 0) return out;
   const at::Tensor x = input.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
@@ -397,13 +421,28 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr,
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* vp = values.const_data_ptr<scalar_t>();
-    scalar_t* yp = out.mutable_data_ptr<scalar_t>();
+    scalar_t* yp = relu_pool ? nullptr : out.mutable_data_ptr<scalar_t>();
+    scalar_t* pp = relu_pool ? out.mutable_data_ptr<scalar_t>() : nullptr;
     if (col_idx.scalar_type() == at::kInt)
-      sparse_conv_run<scalar_t, int32_t>(xp, rpp, col_idx.const_data_ptr<int32_t>(), vp, bp, g, yp);
+      sparse_conv_run<scalar_t, int32_t>(xp, rpp, col_idx.const_data_ptr<int32_t>(), vp, bp, g, yp, pp);
     else
-      sparse_conv_run<scalar_t, int64_t>(xp, rpp, col_idx.const_data_ptr<int64_t>(), vp, bp, g, yp);
+      sparse_conv_run<scalar_t, int64_t>(xp, rpp, col_idx.const_data_ptr<int64_t>(), vp, bp, g, yp, pp);
   });
   return out;
+}
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                             const at::Tensor& values, at::IntArrayRef weight_shape,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return sparse_conv2d_common(input, row_ptr, col_idx, values, weight_shape, bias, stride, padding, dilation, false);
+}
+
+at::Tensor sparse_conv2d_relu_pool_cpu(const at::Tensor& input, const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                       const at::Tensor& values, at::IntArrayRef weight_shape,
+                                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return sparse_conv2d_common(input, row_ptr, col_idx, values, weight_shape, bias, stride, padding, dilation, true);
 }
 
 }  // namespace
@@ -411,4 +450,5 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& row_ptr,
 
 TORCH_LIBRARY_IMPL(slimkit, CPU, m) {
   m.impl("sparse_conv2d", &slimkit::sparse_conv2d_cpu);
+  m.impl("sparse_conv2d_relu_pool", &slimkit::sparse_conv2d_relu_pool_cpu);
 }

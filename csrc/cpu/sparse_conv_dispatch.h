@@ -12,6 +12,7 @@
 #include "isa.h"
 #include "sparse_conv_kernel.h"
 #include "sparse_conv_lanes.h"
+#include "max_pool_kernel.h"
 
 // Internal linkage, like the baseline loop it wraps: each includer gets its own copy.
 namespace slimkit {
@@ -75,6 +76,13 @@ struct Kernel {
     else
       slimkit_sparse_lanes_group<scalar_t>(x, in_image, M, g, buf, seg, ncb, DirectOffsets32{off}, val, bias, oc0,
                                            oc1, y, ostride, stage);
+  }
+  // ReLU + 2x2 max pool of `planes` planes of H x W (the fused epilogue of sparse_conv2d_relu_pool).
+  void relu_pool(const scalar_t* x, scalar_t* y, int64_t planes, int64_t H, int64_t W) const {
+    if constexpr (std::is_same_v<scalar_t, float>)
+      isa.max_pool2x2(x, y, H, W, H / 2, W / 2, true, 0, planes);
+    else
+      slimkit_max_pool2x2<scalar_t>(x, y, H, W, H / 2, W / 2, true, 0, planes);
   }
   // Whether every column of ci[0 : nnz) lies in [0, K) (any dtype: only indices are read).
   template <typename index_t>

@@ -22,7 +22,10 @@ conv2d, this module's baseline):
   weight * mask, autograd through the product) and ``compile`` (that, torch.compile'd);
 - ``max_pool2x2 (relu)``: VGG-11 x0.5's four ReLU + 2x2 max pool tails at batch 64 (quick:
   8): ``native max_pool2x2`` against ``F.max_pool2d(F.relu(x))`` (the baseline), ``compile``
-  (that, torch.compile'd) and the runtime's ATen path (in-place ReLU, three maxima).
+  (that, torch.compile'd) and the runtime's ATen path (in-place ReLU, three maxima);
+- ``sparse_conv2d_relu_pool``: VGG-11 x0.5's 3x3 32->64 layer on 14x14 at 90 % with its ReLU and
+  2x2 pool, batch 64 (quick: 8): ``native fused`` against ``sparse_conv2d + max_pool2x2`` and the
+  dense conv -> ReLU -> pool, eager (the baseline) and ``compile``.
 
 Implementations of one configuration are timed side by side
 (:func:`slimkit.bench.timing.interleaved_times`) after warm-up; medians are reported.
@@ -245,6 +248,42 @@ def _pool_case(batch: int, quick: bool) -> list[dict]:
     return rows
 
 
+def _conv_pool_case(batch: int, quick: bool) -> list[dict]:
+    """sparse_conv2d_relu_pool: VGG-11 x0.5's second layer (3x3 32->64 on 14x14, 90 %) with its ReLU
+    and 2x2 pool in one call, against the two native calls, and the dense conv -> ReLU -> pool
+    eager and compiled (the baseline a user would otherwise run)."""
+    import torch
+    import torch.nn.functional as F
+
+    from slimkit.bench._common import compiled, native_note
+    from slimkit.bench.timing import interleaved_times
+    from slimkit.ops.conv import SparseConvWeight
+
+    gen = torch.Generator().manual_seed(4)
+    c, oc, hw = 32, 64, 14
+    x = torch.randn(batch, c, hw, hw, generator=gen)
+    w = _prune(torch.randn(oc, c, K, K, generator=gen), 0.9)
+    b = torch.randn(oc, generator=gen)
+    sw = SparseConvWeight.from_dense(w, min_sparsity=0.0)
+    native_ok, why = native_note(x, "slimkit::sparse_conv2d_relu_pool")
+    args = (sw.row_ptr, sw.col_idx, sw.values, list(w.shape), b, [1, 1], [PAD, PAD], [1, 1])
+    fns = {"dense conv+relu+pool": lambda: F.max_pool2d(F.relu(F.conv2d(x, w, b, 1, PAD)), 2, 2)}
+    if native_ok:
+        fns["native fused"] = lambda: torch.ops.slimkit.sparse_conv2d_relu_pool(x, *args)
+        fns["sparse_conv2d + max_pool2x2"] = lambda: torch.ops.slimkit.max_pool2x2(
+            torch.ops.slimkit.sparse_conv2d(x, *args), True)
+    if not quick:
+        dense = compiled(lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b, 1, PAD)), 2, 2))
+        fns["compile"] = lambda: dense(x, w, b)
+    with torch.inference_mode():
+        samples = interleaved_times(fns, warmup=1 if quick else 5, repeats=3 if quick else 41)
+    notes = {} if native_ok else {"dense conv+relu+pool": why}
+    shape = f"{K}x{K} {c}->{oc} {hw}x{hw} pad{PAD} + relu + maxpool 2x2 fp32"
+    nbytes = (x.numel() + batch * oc * (hw // 2) ** 2 + sw.nnz * 2) * 4
+    return _rows("sparse_conv2d_relu_pool", batch, 0.9, samples, "dense conv+relu+pool", "native fused", None, None,
+                 nbytes, notes, {}, quick, shape=shape)
+
+
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (see the module docstring)."""
     if quick:
@@ -258,6 +297,7 @@ def run(quick: bool = False) -> list[dict]:
         rows += _small_plane_case(batch, quick)
     rows += _masked_case(train_batch, 0.9, quick)
     rows += _pool_case(64 if not quick else 8, quick)
+    rows += _conv_pool_case(64 if not quick else 8, quick)
     return rows
 
 

@@ -30,8 +30,8 @@ from slimkit.ops import backend
 from slimkit.ops.csr import CSRWeight
 
 __all__ = ["SPARSE_MIN_SPARSITY", "SPARSE_MIN_SPARSITY_WIDE", "WIDE_FAN_IN", "SPARSE_MIN_POSITIONS", "default_min_sparsity",
-           "masked_conv2d", "masked_conv2d_reference", "sparse_conv2d", "sparse_conv2d_reference", "SparseConvWeight",
-           "as_pair", "resolve_padding"]
+           "masked_conv2d", "masked_conv2d_reference", "sparse_conv2d", "sparse_conv2d_reference",
+           "sparse_conv2d_relu_pool_reference", "SparseConvWeight", "as_pair", "resolve_padding"]
 
 #: Sparsity (fraction of zero weights) from which ``sparse_conv2d`` runs the direct
 #: sparse kernel instead of dense ``conv2d``, for layers with fan-in in*kh*kw below
@@ -189,6 +189,13 @@ def _register_native():
         ow = _conv_out(w, weight_shape[3], stride[1], padding[1], dilation[1])
         return input.new_empty((n, weight_shape[0], oh, ow))
 
+    @torch.library.register_fake(lib + "sparse_conv2d_relu_pool")
+    def _(input, row_ptr, col_idx, values, weight_shape, bias, stride, padding, dilation):
+        n, _, h, w = input.shape
+        oh = _conv_out(h, weight_shape[2], stride[0], padding[0], dilation[0])
+        ow = _conv_out(w, weight_shape[3], stride[1], padding[1], dilation[1])
+        return input.new_empty((n, weight_shape[0], oh // 2, ow // 2))
+
     _registered = True
 
 
@@ -271,6 +278,14 @@ def _positions(input, shape, stride, pad, dilation) -> int:
     h, w = input.shape[-2], input.shape[-1]
     return (_conv_out(h, shape[2], stride[0], pad[0], dilation[0])
             * _conv_out(w, shape[3], stride[1], pad[1], dilation[1]))
+
+
+def sparse_conv2d_relu_pool_reference(input, sparse_weight: SparseConvWeight, bias=None, stride=1, padding=0,
+                                      dilation=1):
+    """What ``torch.ops.slimkit.sparse_conv2d_relu_pool`` computes: the convolution, ReLU, then a
+    2x2 / stride-2 max pool (floor mode)."""
+    y = sparse_conv2d_reference(input, sparse_weight, bias, stride, padding, dilation)
+    return F.max_pool2d(F.relu(y), 2, 2)
 
 
 def sparse_conv2d_reference(input, sparse_weight: SparseConvWeight, bias=None, stride=1, padding=0, dilation=1):

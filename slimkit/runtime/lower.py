@@ -17,7 +17,8 @@ decided once, with the rules its eager ``forward`` applies on every call
 Before that, convolutions on 1x1 feature maps become linear layers
 (:mod:`slimkit.runtime.single_pixel`, exact) and 2x2 max pools three elementwise maxima
 (:mod:`slimkit.runtime.pool`, exact); in a graph that calls slimkit's kernels, those pools
-then run slimkit's ``max_pool2x2`` with the ReLU before them fused in.
+then run slimkit's ``max_pool2x2`` with the ReLU before them fused in, and a sparse
+convolution whose only user is such a pool becomes one ``sparse_conv2d_relu_pool`` call.
 
 Runs of two or more fully connected layers (``SparseLinear`` or ``nn.Linear``, each
 optionally followed by a ReLU, eval-mode Dropout / Identity between them allowed), on a 2-D
@@ -245,7 +246,7 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
     from slimkit.nn.sparse import CSRLayer
 
     from slimkit.ops import backend as ops_backend
-    from slimkit.runtime.pool import fast_max_pools, native_pools
+    from slimkit.runtime.pool import fast_max_pools, fuse_conv_pools, native_pools
     from slimkit.runtime.single_pixel import convs_on_single_pixels
 
     gm = copy.deepcopy(captured)
@@ -282,6 +283,8 @@ def lower(captured: fx.GraphModule, example: torch.Tensor, native: bool) -> tupl
     if (index and native and example.dtype in (torch.float32, torch.float64)
             and ops_backend.use_native(example, "slimkit::max_pool2x2")):
         native_pools(gm)
+        if ops_backend.use_native(example, "slimkit::sparse_conv2d_relu_pool"):
+            fuse_conv_pools(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()

@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["max_pool_2x2", "fast_max_pools", "native_pools"]
+__all__ = ["max_pool_2x2", "fast_max_pools", "native_pools", "fuse_conv_pools"]
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -122,5 +122,28 @@ def native_pools(gm: fx.GraphModule) -> int:
         _replace(gm, node, torch.ops.slimkit.max_pool2x2.default, (src, relu))
         if relu:
             gm.graph.erase_node(relu_node)
+        count += 1
+    return _finish(gm, count)
+
+
+def fuse_conv_pools(gm: fx.GraphModule) -> int:
+    """Rewrite ``max_pool2x2(sparse_conv2d(...), relu=True)``, where the pool is the convolution's
+    only user, into one ``sparse_conv2d_relu_pool(...)`` call (same arguments): each image's
+    full-size activation is pooled while it is still in the computing core's cache and never
+    goes to memory (VGG-11 x0.5's 28x28 layer writes 6.4 MB at batch 64 that the pool read
+    back). Returns how many; the caller checks that the fused op runs on the graph's inputs."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.slimkit.max_pool2x2.default:
+            continue
+        conv, relu = node.args
+        if (not relu or not isinstance(conv, fx.Node) or conv.target is not torch.ops.slimkit.sparse_conv2d.default
+                or len(conv.users) != 1):
+            continue
+        meta = conv.meta.get("tensor_meta")
+        if meta is not None and (meta.shape[-2] < 2 or meta.shape[-1] < 2):
+            continue
+        _replace(gm, node, torch.ops.slimkit.sparse_conv2d_relu_pool.default, tuple(conv.args))
+        gm.graph.erase_node(conv)
         count += 1
     return _finish(gm, count)
