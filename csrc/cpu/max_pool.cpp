@@ -15,23 +15,11 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <type_traits>
 
-#include "isa.h"
-#include "max_pool_kernel.h"
+#include "sparse_conv_dispatch.h"
 
 namespace slimkit {
 namespace {
-
-// float32: the loop of the ISA build; other dtypes: the baseline copy.
-template <typename scalar_t>
-void pool_planes(const cpu::CpuKernels& isa, const scalar_t* x, scalar_t* y, int64_t H, int64_t W, int64_t OH,
-                 int64_t OW, bool relu, int64_t p0, int64_t p1) {
-  if constexpr (std::is_same_v<scalar_t, float>)
-    isa.max_pool2x2(x, y, H, W, OH, OW, relu, p0, p1);
-  else
-    slimkit_max_pool2x2<scalar_t>(x, y, H, W, OH, OW, relu, p0, p1);
-}
 
 at::Tensor max_pool2x2_cpu(const at::Tensor& input, bool relu) {
   TORCH_CHECK(input.defined() && input.dim() == 4, "max_pool2x2: input must be 4-D (N, C, H, W), got ",
@@ -49,9 +37,9 @@ at::Tensor max_pool2x2_cpu(const at::Tensor& input, bool relu) {
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2x2_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = out.mutable_data_ptr<scalar_t>();
-    const cpu::CpuKernels& isa = cpu::cpu_kernels();  // chosen once per call
+    const sparse_dispatch::Kernel<scalar_t> kernel{};  // the ISA chosen once per call
     at::parallel_for(0, planes, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, H * W)),
-                     [&](int64_t p0, int64_t p1) { pool_planes<scalar_t>(isa, xp, yp, H, W, OH, OW, relu, p0, p1); });
+                     [&](int64_t p0, int64_t p1) { kernel.max_pool(xp, yp, H, W, relu, p0, p1); });
   });
   return out;
 }

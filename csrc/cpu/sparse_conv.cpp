@@ -249,14 +249,14 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
         else
           kernel.template tiles_table<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, 0,
                                                ntiles, g.OH, g.OW, g.Wq, dst, stage.data());
-        if (pooled) kernel.relu_pool(dst, pooled + n * pooled_image, m * g.OC, g.OH, g.OW);
+        if (pooled) kernel.max_pool(dst, pooled + n * pooled_image, g.OH, g.OW, true, 0, m * g.OC);
         n += m;
       }
     });
     return;
   }
   // Few images: the full output first (a temporary one when the pool is fused), pooled after.
-  std::vector<scalar_t> full_all(pooled ? g.N * out_image : 0);
+  ScratchBuffer<scalar_t> full_all(ScratchSlot::output, pooled ? g.N * out_image : 1);
   if (pooled) yp = full_all.data();
   Buffer<scalar_t> all(g.N * g.image, g.slack);
   const int64_t NC = g.N * g.C;
@@ -277,7 +277,7 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
                                            yp + n * out_image, stage.data());
     }
   });
-  if (pooled) kernel.relu_pool(yp, pooled, g.N * g.OC, g.OH, g.OW);
+  if (pooled) kernel.max_pool(yp, pooled, g.OH, g.OW, true, 0, g.N * g.OC);
 }
 
 // `groups` groups of `lanes` images (the first groups * lanes of the batch), one image per
@@ -316,7 +316,7 @@ void sparse_conv_lanes(const scalar_t* xp, const int64_t* rp, const index_t* ci,
       scalar_t* dst = pooled ? full.data() : yp + q * lanes * out_image;
       kernel.lanes_group(xp + q * lanes * in_image, in_image, lanes, lg, buf.data(), seg.data(), ncb, off.data(), val,
                          bias, 0, g.OC, dst, out_image, stage.data());
-      if (pooled) kernel.relu_pool(dst, pooled + q * lanes * pooled_image, lanes * g.OC, g.OH, g.OW);
+      if (pooled) kernel.max_pool(dst, pooled + q * lanes * pooled_image, g.OH, g.OW, true, 0, lanes * g.OC);
     }
   });
 }

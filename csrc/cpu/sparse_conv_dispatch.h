@@ -77,12 +77,13 @@ struct Kernel {
       slimkit_sparse_lanes_group<scalar_t>(x, in_image, M, g, buf, seg, ncb, DirectOffsets32{off}, val, bias, oc0,
                                            oc1, y, ostride, stage);
   }
-  // ReLU + 2x2 max pool of `planes` planes of H x W (the fused epilogue of sparse_conv2d_relu_pool).
-  void relu_pool(const scalar_t* x, scalar_t* y, int64_t planes, int64_t H, int64_t W) const {
+  // 2x2 max pool (then ReLU when relu) of planes [p0, p1) of H x W (max_pool_kernel.h): the op
+  // max_pool2x2 and the fused epilogue of sparse_conv2d_relu_pool.
+  void max_pool(const scalar_t* x, scalar_t* y, int64_t H, int64_t W, bool relu, int64_t p0, int64_t p1) const {
     if constexpr (std::is_same_v<scalar_t, float>)
-      isa.max_pool2x2(x, y, H, W, H / 2, W / 2, true, 0, planes);
+      isa.max_pool2x2(x, y, H, W, H / 2, W / 2, relu, p0, p1);
     else
-      slimkit_max_pool2x2<scalar_t>(x, y, H, W, H / 2, W / 2, true, 0, planes);
+      slimkit_max_pool2x2<scalar_t>(x, y, H, W, H / 2, W / 2, relu, p0, p1);
   }
   // Whether every column of ci[0 : nnz) lies in [0, K) (any dtype: only indices are read).
   template <typename index_t>
