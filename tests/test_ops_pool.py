@@ -53,12 +53,19 @@ def test_max_pool2x2_opcheck():
 
 @native
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_max_pool2x2_thread_splits(threads):
+@pytest.mark.parametrize("shape", [(5, 7, 30, 31), (8, 200, 7, 7), (4, 1500, 3, 3), (3, 3000, 2, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_max_pool2x2_thread_splits(threads, shape):
+    """Chunks of planes on several threads. Short rows are written in whole vectors whose
+    surplus lanes land on the outputs that follow; at the end of a thread's chunk they must not
+    (another thread's outputs), which these shapes (several chunks of 7-, 3-, 1- and 2-wide
+    rows) would show as wrong values."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = torch.randn(5, 7, 30, 31)
+        x = torch.randn(*shape)
         assert torch.equal(torch.ops.slimkit.max_pool2x2(x, True), F.relu(F.max_pool2d(x, 2, 2)))
+        assert torch.equal(torch.ops.slimkit.max_pool2x2(x, False), F.max_pool2d(x, 2, 2))
     finally:
         torch.set_num_threads(old)
 

@@ -18,6 +18,15 @@ inline void slimkit_max_pool2x2(const scalar_t* x, scalar_t* y, int64_t H, int64
   using Vec = at::vec::Vectorized<scalar_t>;
   constexpr int64_t VL = Vec::size();
   const Vec zero(scalar_t(0));
+  // Short rows (the 7-, 3- and 1-wide outputs of small planes) would be all tail. So every
+  // output row is written in whole vectors, the last one running past the row's end: its
+  // surplus lanes hold garbage from the rows that follow and land on outputs that this loop
+  // writes later (rows and planes go in increasing order), so they are overwritten. Reads
+  // past the row's end stay inside the range's input. Only where a vector would read past
+  // [p0, p1)'s input or write past its output (the last rows of the range: another thread's
+  // outputs, or the end of the tensor) does the row end lane by lane.
+  const scalar_t* x_end = x + p1 * H * W;
+  const scalar_t* y_end = y + p1 * OH * OW;
   for (int64_t p = p0; p < p1; ++p) {  // plane p = (image, channel)
     const scalar_t* xp = x + p * H * W;
     scalar_t* yp = y + p * OH * OW;
@@ -26,7 +35,8 @@ inline void slimkit_max_pool2x2(const scalar_t* x, scalar_t* y, int64_t H, int64
       const scalar_t* r1 = r0 + W;
       scalar_t* out = yp + i * OW;
       int64_t j = 0;
-      for (; j + VL <= OW; j += VL) {
+      for (; j < OW; j += VL) {
+        if (j + VL > OW && (out + j + VL > y_end || r1 + 2 * (j + VL) > x_end)) break;
         const Vec a = at::vec::maximum(Vec::loadu(r0 + 2 * j), Vec::loadu(r1 + 2 * j));
         const Vec b = at::vec::maximum(Vec::loadu(r0 + 2 * j + VL), Vec::loadu(r1 + 2 * j + VL));
         const auto [even, odd] = at::vec::deinterleave2(a, b);
