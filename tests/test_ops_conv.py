@@ -700,6 +700,15 @@ def test_sparse_conv2d_relu_pool_equals_conv_relu_pool(threads, dtype, kernel, i
                                                               list(w.shape), b.to(dtype), [s, s], [p, p], [1, 1])
                 want = F.max_pool2d(F.relu(F.conv2d(x, w, b, s, p)), 2, 2)
                 torch.testing.assert_close(y.double(), want, **_tol(dtype))
+        # Enough input channels for several channel blocks on a wide plane: the partial sums
+        # of the per-image loop go through its virtual-width output and back.
+        w2 = _pruned(torch.randn(5, 80, 3, 3, generator=gen, dtype=torch.float64), 0.8, gen)
+        sw2 = SparseConvWeight.from_dense(w2.to(dtype), min_sparsity=0.0, index_dtype=index_dtype)
+        x2 = torch.randn(4, 80, 30, 29, generator=gen, dtype=torch.float64)
+        y2 = torch.ops.slimkit.sparse_conv2d_relu_pool(x2.to(dtype), sw2.row_ptr, sw2.col_idx, sw2.values,
+                                                       list(w2.shape), None, [1, 1], [1, 1], [1, 1])
+        torch.testing.assert_close(y2.double(), F.max_pool2d(F.relu(F.conv2d(x2, w2, None, 1, 1)), 2, 2),
+                                   **_tol(dtype))
     finally:
         torch.set_num_threads(old)
 

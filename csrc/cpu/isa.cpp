@@ -19,7 +19,7 @@ namespace {
         &ns::sparse_tiles, &gather::sparse_gather_rows, &ns::sparse_tiles_table32, &ns::sparse_tiles_table64, \
         &ns::sparse_tiles_images32, &ns::sparse_tiles_images64, &ns::sparse_lanes, &ns::sparse_lanes_group,   \
         &ns::sparse_columns_in_range32,                                           \
-        &ns::sparse_columns_in_range64, &ns::max_pool2x2                                                       \
+        &ns::sparse_columns_in_range64, &ns::max_pool2x2, &ns::sparse_tiles_wide32, &ns::sparse_tiles_wide64 \
   }
 
 #if SLIMKIT_ISA_KERNELS

@@ -79,7 +79,13 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
                           int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage);                      \
   bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K);                                       \
   void max_pool2x2(const float* x, float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, bool relu, int64_t p0, \
-                   int64_t p1);                                                                                   \
+                   int64_t p1, int64_t x_row, int64_t x_plane);                                                   \
+  void sparse_tiles_wide32(const float* in, const int64_t* seg, int64_t ncb, const int32_t* ci, const int32_t* tab, \
+                           const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t OH, int64_t Wq,  \
+                           float* y, int64_t ld);                                                                 \
+  void sparse_tiles_wide64(const float* in, const int64_t* seg, int64_t ncb, const int64_t* ci, const int32_t* tab, \
+                           const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t OH, int64_t Wq,  \
+                           float* y, int64_t ld);                                                                 \
   bool sparse_columns_in_range64(const int64_t* ci, int64_t nnz, int64_t K);                                       \
   }
 
@@ -114,6 +120,9 @@ struct CpuKernels {
   decltype(&base::sparse_columns_in_range32) sparse_columns_in_range32;
   decltype(&base::sparse_columns_in_range64) sparse_columns_in_range64;
   decltype(&base::max_pool2x2) max_pool2x2;  // max_pool_kernel.h
+  // One image's tiles into its virtual-width output, no stage (the fused conv + pool).
+  decltype(&base::sparse_tiles_wide32) sparse_tiles_wide32;
+  decltype(&base::sparse_tiles_wide64) sparse_tiles_wide64;
 };
 
 // The kernels every op runs on this call (see the top of this file). Ops call it once

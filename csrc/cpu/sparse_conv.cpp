@@ -231,11 +231,15 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
 
   const int64_t in_image = g.C * g.H * g.W, out_image = g.OC * g.OH * g.OW;
   const int64_t pooled_image = g.OC * (g.OH / 2) * (g.OW / 2);
+  // With the pool fused, one image's output keeps the loop's virtual width (OH x Wq per channel,
+  // `wide` elements apart: whole vectors) and is pooled from there: the valid columns are never
+  // copied out (on a 28x28 plane that copy moved as much data as the loop wrote).
+  const int64_t wide = nvec * VL;
   if (per_image) {
     at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
       Buffer<scalar_t> buf(group * g.image, g.slack);
       ScratchBuffer<scalar_t> stage(ScratchSlot::stage, g.OC * TL);
-      ScratchBuffer<scalar_t> full(ScratchSlot::output, pooled ? group * out_image : 1);
+      ScratchBuffer<scalar_t> full(ScratchSlot::output, pooled ? std::max(group * out_image, g.OC * wide) : 1);
       for (int64_t n = n0; n < n1;) {
         int64_t m = group;  // the largest group that fits what is left, halving down to 1
         while (m > n1 - n) m /= 2;
@@ -243,13 +247,18 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
           for (int64_t c = 0; c < g.C; ++c)
             prepare_channel<scalar_t>(xp + (n + i) * in_image + c * g.H * g.W, buf.data() + i * g.image + c * chan, g);
         scalar_t* dst = pooled ? full.data() : yp + n * out_image;
-        if (m > 1)
+        if (m > 1) {
           kernel.template tiles_images<index_t>(buf.data(), g.image, m, seg.data(), ncb, ci, tab.data(), val, bias, 0,
                                                 g.OC, g.OH, g.OW, g.Wq, dst, out_image, stage.data());
-        else
+          if (pooled) kernel.max_pool(dst, pooled + n * pooled_image, g.OH, g.OW, true, 0, m * g.OC);
+        } else if (pooled) {
+          kernel.template tiles_wide<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, g.OH,
+                                              g.Wq, dst, wide);
+          kernel.max_pool(dst, pooled + n * pooled_image, g.OH, g.OW, true, 0, g.OC, g.Wq, wide);
+        } else {
           kernel.template tiles_table<index_t>(buf.data(), seg.data(), ncb, ci, tab.data(), val, bias, 0, g.OC, 0,
                                                ntiles, g.OH, g.OW, g.Wq, dst, stage.data());
-        if (pooled) kernel.max_pool(dst, pooled + n * pooled_image, g.OH, g.OW, true, 0, m * g.OC);
+        }
         n += m;
       }
     });

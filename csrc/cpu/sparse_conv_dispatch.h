@@ -77,13 +77,30 @@ struct Kernel {
       slimkit_sparse_lanes_group<scalar_t>(x, in_image, M, g, buf, seg, ncb, DirectOffsets32{off}, val, bias, oc0,
                                            oc1, y, ostride, stage);
   }
-  // 2x2 max pool (then ReLU when relu) of planes [p0, p1) of H x W (max_pool_kernel.h): the op
-  // max_pool2x2 and the fused epilogue of sparse_conv2d_relu_pool.
-  void max_pool(const scalar_t* x, scalar_t* y, int64_t H, int64_t W, bool relu, int64_t p0, int64_t p1) const {
-    if constexpr (std::is_same_v<scalar_t, float>)
-      isa.max_pool2x2(x, y, H, W, H / 2, W / 2, relu, p0, p1);
+  // One image's tiles into its virtual-width output (slimkit_sparse_tiles_wide), columns through tab.
+  template <typename index_t>
+  void tiles_wide(const scalar_t* in, const int64_t* seg, int64_t ncb, const index_t* ci, const int32_t* tab,
+                  const scalar_t* val, const scalar_t* bias, int64_t oc0, int64_t oc1, int64_t OH, int64_t Wq,
+                  scalar_t* y, int64_t ld) const {
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>)
+      isa.sparse_tiles_wide32(in, seg, ncb, ci, tab, val, bias, oc0, oc1, OH, Wq, y, ld);
+    else if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int64_t>)
+      isa.sparse_tiles_wide64(in, seg, ncb, ci, tab, val, bias, oc0, oc1, OH, Wq, y, ld);
     else
-      slimkit_max_pool2x2<scalar_t>(x, y, H, W, H / 2, W / 2, relu, p0, p1);
+      slimkit_sparse_tiles_wide<scalar_t>(in, seg, ncb, TableOffsets<index_t>{ci, tab}, val, bias, oc0, oc1, OH, Wq, y,
+                                          ld);
+  }
+  // 2x2 max pool (then ReLU when relu) of planes [p0, p1) of H x W (max_pool_kernel.h): the op
+  // max_pool2x2 and the fused epilogue of sparse_conv2d_relu_pool. The input's rows are x_row
+  // and its planes x_plane elements apart (0: W and H * W, a dense tensor).
+  void max_pool(const scalar_t* x, scalar_t* y, int64_t H, int64_t W, bool relu, int64_t p0, int64_t p1,
+                int64_t x_row = 0, int64_t x_plane = 0) const {
+    if (x_row == 0) x_row = W;
+    if (x_plane == 0) x_plane = H * W;
+    if constexpr (std::is_same_v<scalar_t, float>)
+      isa.max_pool2x2(x, y, H, W, H / 2, W / 2, relu, p0, p1, x_row, x_plane);
+    else
+      slimkit_max_pool2x2<scalar_t>(x, y, H, W, H / 2, W / 2, relu, p0, p1, x_row, x_plane);
   }
   // Whether every column of ci[0 : nnz) lies in [0, K) (any dtype: only indices are read).
   template <typename index_t>

@@ -236,6 +236,34 @@ inline void slimkit_sparse_tiles(const scalar_t* in, const int64_t* seg, int64_t
   }
 }
 
+// The tiles of slimkit_sparse_tiles for all of one image's plane, output channels [oc0, oc1), into
+// an output that keeps the virtual width: channel oc's OH x Wq plane at y + oc * ld (ld at least
+// the plane's whole vectors, so the last tile's surplus lanes stay in it), the accumulators
+// stored there directly: no stage and no copy of the valid columns. The fused conv + pool
+// (sparse_conv.cpp) pools it with row stride Wq, the junk columns ow >= OW never read into a
+// valid output.
+template <typename scalar_t, typename Off>
+inline void slimkit_sparse_tiles_wide(const scalar_t* in, const int64_t* seg, int64_t ncb, Off off,
+                                      const scalar_t* val, const scalar_t* bias, int64_t oc0, int64_t oc1, int64_t OH,
+                                      int64_t Wq, scalar_t* y, int64_t ld) {
+  constexpr int64_t VL = at::vec::Vectorized<scalar_t>::size();
+  const int64_t L = OH * Wq;
+  const int64_t nvec = (L + VL - 1) / VL;
+  const int64_t ntiles = slimkit_sparse_num_tiles(L, VL);
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int64_t v0 = t * nvec / ntiles, v1 = (t + 1) * nvec / ntiles;
+    for (int64_t cb = 0; cb < ncb; ++cb) {
+      for (int64_t oc = oc0; oc < oc1; ++oc) {
+        const int64_t* s = seg + oc * (ncb + 1);
+        const int64_t z0 = s[cb], z1 = s[cb + 1];
+        if (cb > 0 && z1 == z0) continue;
+        slimkit_sparse_segment<scalar_t, Off>(in + v0 * VL, off + z0, val + z0, z1 - z0, y + oc * ld + v0 * VL, cb == 0,
+                                              bias ? bias[oc] : scalar_t(0), v1 - v0);
+      }
+    }
+  }
+}
+
 // Several images at once on a narrow plane (one tile of T <= 3 vectors per image): M images'
 // tiles, image m's input at in + m * istride, its accumulators at st + m*T*VL. A nonzero's
 // value, column and table offset are loaded once for the M images; one image at a time they
@@ -416,6 +444,18 @@ void sparse_tiles_images64(const float* in, int64_t istride, int64_t M, const in
                            int64_t oc1, int64_t OH, int64_t OW, int64_t Wq, float* y, int64_t ostride, float* stage) {
   slimkit_sparse_tiles_images<float>(in, istride, M, seg, ncb, TableOffsets<int64_t>{ci, tab}, val, bias, oc0, oc1,
                                      OH, OW, Wq, y, ostride, stage);
+}
+
+void sparse_tiles_wide32(const float* in, const int64_t* seg, int64_t ncb, const int32_t* ci, const int32_t* tab,
+                         const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t OH, int64_t Wq, float* y,
+                         int64_t ld) {
+  slimkit_sparse_tiles_wide<float>(in, seg, ncb, TableOffsets<int32_t>{ci, tab}, val, bias, oc0, oc1, OH, Wq, y, ld);
+}
+
+void sparse_tiles_wide64(const float* in, const int64_t* seg, int64_t ncb, const int64_t* ci, const int32_t* tab,
+                         const float* val, const float* bias, int64_t oc0, int64_t oc1, int64_t OH, int64_t Wq, float* y,
+                         int64_t ld) {
+  slimkit_sparse_tiles_wide<float>(in, seg, ncb, TableOffsets<int64_t>{ci, tab}, val, bias, oc0, oc1, OH, Wq, y, ld);
 }
 
 bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K) {
