@@ -680,12 +680,16 @@ def test_sparse_conv2d_taps_that_read_only_padding_are_exact(batch, geometry):
 @pytest.mark.parametrize("dtype, kernel", [(torch.float32, "best"), (torch.float32, "default"),
                                            (torch.float64, "default")])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-def test_sparse_conv2d_relu_pool_equals_conv_relu_pool(threads, dtype, kernel, index_dtype, monkeypatch):
+@pytest.mark.parametrize("lanes", ["auto", "1"])
+def test_sparse_conv2d_relu_pool_equals_conv_relu_pool(threads, dtype, kernel, index_dtype, lanes, monkeypatch):
     """sparse_conv2d_relu_pool = max_pool2d(relu(conv)) on every path of the convolution: few
     images (batch 1, 3: the full output first), one image at a time and image groups (batch 9),
-    the batch path with a remainder (batch 21); odd planes drop their last row and column."""
+    the batch path with a remainder (batch 21; with lanes=1 on every plane, whose pool then runs
+    on the interleaved output); odd planes drop their last row and column."""
     if kernel != "best":
         monkeypatch.setenv("SLIMKIT_CPU_CAPABILITY", kernel)
+    if lanes != "auto":
+        monkeypatch.setenv("SLIMKIT_SPARSE_CONV_LANES", lanes)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

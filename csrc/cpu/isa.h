@@ -76,7 +76,8 @@ enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
   int64_t sparse_lanes();                                                                                         \
   void sparse_lanes_group(const float* x, int64_t in_image, int64_t M, const LanesGeometry& g, float* buf,        \
                           const int64_t* seg, int64_t ncb, const int32_t* off, const float* val, const float* bias, \
-                          int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage);                      \
+                          int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage, float* pooled,        \
+                          int64_t pstride);                                                                       \
   bool sparse_columns_in_range32(const int32_t* ci, int64_t nnz, int64_t K);                                       \
   void max_pool2x2(const float* x, float* y, int64_t H, int64_t W, int64_t OH, int64_t OW, bool relu, int64_t p0, \
                    int64_t p1, int64_t x_row, int64_t x_plane);                                                   \

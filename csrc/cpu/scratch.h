@@ -16,7 +16,7 @@
 namespace slimkit {
 
 // The buffers one thread may hold at the same time during a call.
-enum class ScratchSlot : int { input = 0, stage = 1, plan = 2, output = 3, count = 4 };
+enum class ScratchSlot : int { input = 0, stage = 1, plan = 2, output = 3, offsets = 4, count = 5 };
 
 class Scratch {
  public:

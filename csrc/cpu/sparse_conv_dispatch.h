@@ -70,12 +70,14 @@ struct Kernel {
   }
   void lanes_group(const scalar_t* x, int64_t in_image, int64_t M, const cpu::LanesGeometry& g, scalar_t* buf,
                    const int64_t* seg, int64_t ncb, const int32_t* off, const scalar_t* val, const scalar_t* bias,
-                   int64_t oc0, int64_t oc1, scalar_t* y, int64_t ostride, scalar_t* stage) const {
+                   int64_t oc0, int64_t oc1, scalar_t* y, int64_t ostride, scalar_t* stage,
+                   scalar_t* pooled = nullptr, int64_t pstride = 0) const {
     if constexpr (std::is_same_v<scalar_t, float>)
-      isa.sparse_lanes_group(x, in_image, M, g, buf, seg, ncb, off, val, bias, oc0, oc1, y, ostride, stage);
+      isa.sparse_lanes_group(x, in_image, M, g, buf, seg, ncb, off, val, bias, oc0, oc1, y, ostride, stage, pooled,
+                             pstride);
     else
       slimkit_sparse_lanes_group<scalar_t>(x, in_image, M, g, buf, seg, ncb, DirectOffsets32{off}, val, bias, oc0,
-                                           oc1, y, ostride, stage);
+                                           oc1, y, ostride, stage, pooled, pstride);
   }
   // One image's tiles into its virtual-width output (slimkit_sparse_tiles_wide), columns through tab.
   template <typename index_t>

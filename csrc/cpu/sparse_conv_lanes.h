@@ -220,19 +220,52 @@ inline void slimkit_lanes_copy_run(scalar_t* dst, const scalar_t* src, int64_t W
 }
 static_assert(kTile == 12, "slimkit_lanes_copy_run has one case per run length up to kTile");
 
+// The fused ReLU + 2x2 max pool of the batch path (sparse_conv2d_relu_pool): z is the group's
+// output still interleaved, z[((oc * OH + oh) * OW + ow) * VL + m], so a pooled position is the
+// maximum of four whole vectors (every image at once, no deinterleaving), and only the pooled
+// values, a quarter of the output, are transposed back: image m's OC x OH/2 x OW/2 at
+// y + m * ostride. NaN propagates (at::vec::maximum), as in max_pool2d.
+template <typename scalar_t>
+inline void slimkit_lanes_pool(const scalar_t* z, int64_t oc0, int64_t oc1, int64_t OH, int64_t OW, int64_t M,
+                               scalar_t* y, int64_t ostride) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t VL = Vec::size();
+  const int64_t PW = OW / 2, PP = (OH / 2) * PW;
+  const Vec zero(scalar_t(0));
+  scalar_t blk[VL * VL], tmp[VL * VL];  // VL pooled positions x images, and transposed
+  for (int64_t oc = oc0; oc < oc1; ++oc) {
+    const scalar_t* zo = z + oc * OH * OW * VL;
+    for (int64_t p0 = 0; p0 < PP; p0 += VL) {
+      const int64_t n = std::min(VL, PP - p0);
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t ph = (p0 + k) / PW, pw = (p0 + k) % PW;
+        const scalar_t* a = zo + (2 * ph * OW + 2 * pw) * VL;
+        const Vec top = at::vec::maximum(Vec::loadu(a), Vec::loadu(a + VL));
+        const Vec bottom = at::vec::maximum(Vec::loadu(a + OW * VL), Vec::loadu(a + OW * VL + VL));
+        at::vec::maximum(at::vec::maximum(top, bottom), zero).store(blk + k * VL);
+      }
+      slimkit_lanes_transpose<scalar_t>(blk, VL, tmp, VL);  // rows k >= n are stale, and never copied
+      for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * ostride + oc * PP + p0, tmp + m * VL, n * sizeof(scalar_t));
+    }
+  }
+}
+
 // One group of M <= VL images (lanes m >= M are computed on zeros and not written), output
 // channels [oc0, oc1): the interleaved input (slimkit_lanes_prepare into buf, which must hold
 // VL * (C * chan) elements and slack), every tile of the plane, and the scatter back.
 //   x       image m's input at x + m * in_image (C x H x W)
 //   seg     (OC, ncb + 1) channel-block segments, as slimkit_sparse_tiles
 //   off     nonzero z reads buf + off[z] (+ the tile's start): off counts VL elements per position
-//   y       image m's output at y + m * ostride, OC x OH x OW
+//   y       image m's output at y + m * ostride, OC x OH x OW; or with `pooled`, the interleaved
+//           output (OC * OH * OW * VL elements) that is then pooled into image m's
+//           pooled + m * pstride (slimkit_lanes_pool)
 //   stage   at least (oc1 - oc0) * kLanesStagePositions * VL elements
 template <typename scalar_t, typename Off>
 inline void slimkit_sparse_lanes_group(const scalar_t* x, int64_t in_image, int64_t M,
                                        const slimkit::cpu::LanesGeometry& g, scalar_t* buf, const int64_t* seg,
                                        int64_t ncb, Off off, const scalar_t* val, const scalar_t* bias, int64_t oc0,
-                                       int64_t oc1, scalar_t* y, int64_t ostride, scalar_t* stage) {
+                                       int64_t oc1, scalar_t* y, int64_t ostride, scalar_t* stage, scalar_t* pooled,
+                                       int64_t pstride) {
   constexpr int64_t VL = at::vec::Vectorized<scalar_t>::size();
   static_assert(VL <= kLanesStagePositions, "the scatter transposes blocks of VL stage positions");
   constexpr int64_t SP = kLanesStagePositions;
@@ -265,6 +298,16 @@ inline void slimkit_sparse_lanes_group(const scalar_t* x, int64_t in_image, int6
           }
         }
       }
+      if (pooled) {  // into the interleaved output, whole vectors
+        using Vec = at::vec::Vectorized<scalar_t>;
+        for (int64_t oc = oc0; oc < oc1; ++oc) {
+          const scalar_t* st = stage + (oc - oc0) * SP * VL;
+          for (int64_t r = 0; r < R; ++r)
+            for (int64_t w = 0; w < Wt; ++w)
+              Vec::loadu(st + (r * Wt + w) * VL).store(y + ((oc * OH + oh0 + r) * OW + ow0 + w) * VL);
+        }
+        continue;
+      }
       // Back to every image's NCHW output: transpose the tile (positions x images), then one
       // contiguous run of Wt values per image and tile row.
       for (int64_t oc = oc0; oc < oc1; ++oc) {
@@ -278,6 +321,7 @@ inline void slimkit_sparse_lanes_group(const scalar_t* x, int64_t in_image, int6
       }
     }
   }
+  if (pooled) slimkit_lanes_pool<scalar_t>(y, oc0, oc1, OH, OW, M, pooled, pstride);
 }
 
 }  // namespace
@@ -291,9 +335,10 @@ int64_t sparse_lanes() { return at::vec::Vectorized<float>::size(); }
 
 void sparse_lanes_group(const float* x, int64_t in_image, int64_t M, const LanesGeometry& g, float* buf,
                         const int64_t* seg, int64_t ncb, const int32_t* off, const float* val, const float* bias,
-                        int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage) {
+                        int64_t oc0, int64_t oc1, float* y, int64_t ostride, float* stage, float* pooled,
+                        int64_t pstride) {
   slimkit_sparse_lanes_group<float>(x, in_image, M, g, buf, seg, ncb, DirectOffsets32{off}, val, bias, oc0, oc1, y,
-                                    ostride, stage);
+                                    ostride, stage, pooled, pstride);
 }
 
 }  // namespace SLIMKIT_ISA_NS
