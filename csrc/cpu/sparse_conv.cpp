@@ -150,22 +150,30 @@ void block_segments(const int64_t* rp, const index_t* ci, int64_t OC, int64_t nc
   }
 }
 
-// Whether groups of `lanes` images go one image per lane (sparse_conv_lanes.h): when the
-// per-image loop would leave more than a fifth of its FMA lanes on padding columns or on the
-// unused end of its last vector (7x7 on width 9: 49 of 64 lanes used; 3x3: 9 of 16; 1x1: 1
-// of 8). Wider planes keep the per-image loop, whose contiguous loads need no interleaving
-// of the input nor scattering of the output: measured on VGG-11 x0.5 at batch 64 (AVX2, 1
-// thread, medians of 41 interleaved calls), the batch path took 0.87x the time on 7x7, 0.5x
-// on 3x3, 0.36x on 1x1 planes, but 1.15x on 14x14 (196 of 224 lanes) and 1.3x or more on
-// 28x28 (784 of 840).
+// Whether groups of `lanes` images go one image per lane (sparse_conv_lanes.h). The batch path
+// computes no padding lanes, and with the pool fused it pools whole vectors of images and
+// transposes back only the pooled quarter; but it pays per (tile, output channel) for
+// interleaved tiles of at most kTile positions, which only enough nonzeros per output channel
+// amortise. Measured (AMD EPYC Zen 3, AVX2, 1 thread, batch 64, 3x3 convs 90 % sparse to 64
+// channels, minimum of 40 interleaved calls; batch path / per-image loop):
+//   - planes where more than a fifth of the per-image loop's lanes are padding (7x7 on width 9:
+//     49 of 64 lanes used; 3x3: 9 of 16): 0.52-0.85x from 7 nonzeros per output channel on,
+//     0.73x fused but 1.27x unfused at 0.9 (one input channel);
+//   - wider planes, fused with the pool: 14x14 0.78-0.96x and 28x28 0.83-1.08x from 7 nonzeros
+//     per output channel on (29 and up: 0.78-0.87x), 1.2-1.5x at 0.9;
+//   - wider planes, unfused: 14x14 0.89x at 58 nonzeros per output channel, 1.02x at 29,
+//     1.1-2.9x below; 28x28 0.99x at 58, 1.1x or more below.
 // SLIMKIT_SPARSE_CONV_LANES=0|1 forces the choice (tests and measurements).
-inline bool use_lanes(const Geometry& g, int64_t lanes) {
+inline bool use_lanes(const Geometry& g, int64_t lanes, int64_t nnz, bool fused) {
   if (const char* env = std::getenv("SLIMKIT_SPARSE_CONV_LANES")) {
     if (std::strcmp(env, "0") == 0) return false;
     if (std::strcmp(env, "1") == 0) return true;
   }
   const int64_t computed = (g.OH * g.Wq + lanes - 1) / lanes * lanes;
-  return 5 * g.OH * g.OW < 4 * computed;
+  const bool padded = 5 * g.OH * g.OW < 4 * computed;
+  const double per_channel = double(nnz) / double(std::max<int64_t>(1, g.OC));
+  if (padded) return fused || per_channel >= 4;
+  return per_channel >= (fused ? 16 : 48);
 }
 
 template <typename scalar_t, typename index_t>
@@ -184,7 +192,7 @@ void sparse_conv_impl(const scalar_t* xp, const int64_t* rp, const index_t* ci, 
   // (sparse_conv_lanes.h) where the per-image loop below would compute many padding lanes;
   // the images left over run below.
   const int64_t lanes = kernel.lanes();
-  if (g.N >= lanes && use_lanes(g, lanes)) {
+  if (g.N >= lanes && use_lanes(g, lanes, rp[g.OC], pooled != nullptr)) {
     const int64_t groups = g.N / lanes;
     sparse_conv_lanes<scalar_t, index_t>(xp, rp, ci, val, bias, g, groups, yp, pooled);
     Geometry rest = g;
