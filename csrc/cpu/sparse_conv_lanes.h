@@ -232,7 +232,7 @@ inline void slimkit_lanes_pool(const scalar_t* z, int64_t oc0, int64_t oc1, int6
   constexpr int64_t VL = Vec::size();
   const int64_t PW = OW / 2, PP = (OH / 2) * PW;
   const Vec zero(scalar_t(0));
-  scalar_t blk[VL * VL], tmp[VL * VL];  // VL pooled positions x images, and transposed
+  scalar_t blk[VL * VL] = {}, tmp[VL * VL];  // VL pooled positions x images, and transposed
   for (int64_t oc = oc0; oc < oc1; ++oc) {
     const scalar_t* zo = z + oc * OH * OW * VL;
     for (int64_t p0 = 0; p0 < PP; p0 += VL) {
