@@ -195,6 +195,24 @@ inline void slimkit_copy_row(scalar_t* __restrict dst, const scalar_t* __restric
   if (k < n) Vec::loadu(src + n - VL).store(dst + n - VL);
 }
 
+// One tile of nv vectors (its input at in_t) for output channels [oc0, oc1), over every channel
+// block: output channel oc's accumulators at st0 + (oc - oc0) * ld. The first block also
+// initialises them (with the bias), nonzeros or not.
+template <typename scalar_t, typename Off>
+inline void slimkit_sparse_tile_pass(const scalar_t* in_t, const int64_t* seg, int64_t ncb, Off off,
+                                     const scalar_t* val, const scalar_t* bias, int64_t oc0, int64_t oc1, int64_t nv,
+                                     scalar_t* st0, int64_t ld) {
+  for (int64_t cb = 0; cb < ncb; ++cb) {
+    for (int64_t oc = oc0; oc < oc1; ++oc) {
+      const int64_t* s = seg + oc * (ncb + 1);
+      const int64_t z0 = s[cb], z1 = s[cb + 1];
+      if (cb > 0 && z1 == z0) continue;
+      slimkit_sparse_segment<scalar_t, Off>(in_t, off + z0, val + z0, z1 - z0, st0 + (oc - oc0) * ld, cb == 0,
+                                            bias ? bias[oc] : scalar_t(0), nv);
+    }
+  }
+}
+
 // Tiles [t0, t1) of one image, output channels [oc0, oc1).
 //   in    prepared (padded, phase-split) input of the image, with slack after it
 //   seg   (OC, ncb + 1): seg[oc*(ncb+1) + k] = first nonzero of row oc in channel block k
@@ -214,17 +232,7 @@ inline void slimkit_sparse_tiles(const scalar_t* in, const int64_t* seg, int64_t
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t v0 = t * nvec / ntiles, v1 = (t + 1) * nvec / ntiles;
     const int64_t j0 = v0 * VL, jend = std::min(L, v1 * VL);
-    const scalar_t* in_t = in + j0;
-    for (int64_t cb = 0; cb < ncb; ++cb) {
-      for (int64_t oc = oc0; oc < oc1; ++oc) {
-        const int64_t* s = seg + oc * (ncb + 1);
-        const int64_t z0 = s[cb], z1 = s[cb + 1];
-        // The first block also initialises the stage (with the bias), nonzeros or not.
-        if (cb > 0 && z1 == z0) continue;
-        slimkit_sparse_segment<scalar_t, Off>(in_t, off + z0, val + z0, z1 - z0, stage + (oc - oc0) * TL, cb == 0,
-                                         bias ? bias[oc] : scalar_t(0), v1 - v0);
-      }
-    }
+    slimkit_sparse_tile_pass<scalar_t, Off>(in + j0, seg, ncb, off, val, bias, oc0, oc1, v1 - v0, stage, TL);
     // Copy the tile's valid columns (ow < OW) out of the virtual-width layout.
     for (int64_t oh = j0 / Wq; oh * Wq < jend; ++oh) {
       const int64_t lo = std::max(j0, oh * Wq), hi = std::min(jend, oh * Wq + OW);
@@ -252,15 +260,8 @@ inline void slimkit_sparse_tiles_wide(const scalar_t* in, const int64_t* seg, in
   const int64_t ntiles = slimkit_sparse_num_tiles(L, VL);
   for (int64_t t = 0; t < ntiles; ++t) {
     const int64_t v0 = t * nvec / ntiles, v1 = (t + 1) * nvec / ntiles;
-    for (int64_t cb = 0; cb < ncb; ++cb) {
-      for (int64_t oc = oc0; oc < oc1; ++oc) {
-        const int64_t* s = seg + oc * (ncb + 1);
-        const int64_t z0 = s[cb], z1 = s[cb + 1];
-        if (cb > 0 && z1 == z0) continue;
-        slimkit_sparse_segment<scalar_t, Off>(in + v0 * VL, off + z0, val + z0, z1 - z0, y + oc * ld + v0 * VL, cb == 0,
-                                              bias ? bias[oc] : scalar_t(0), v1 - v0);
-      }
-    }
+    slimkit_sparse_tile_pass<scalar_t, Off>(in + v0 * VL, seg, ncb, off, val, bias, oc0, oc1, v1 - v0,
+                                            y + oc0 * ld + v0 * VL, ld);
   }
 }
 
